@@ -1,0 +1,1 @@
+"""Prediction with missing modalities, all-subset evaluation, metrics and reports."""
