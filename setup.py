@@ -64,6 +64,8 @@ setup(
         "batchgeneratorsv2>=0.3.2",
         "dynamic-network-architectures>=0.4.4,<0.5",
         "SimpleITK>=2.2.1",
+        # The converters check for NaN/inf with nibabel: SimpleITK 2.5 reads them as 0.
+        "nibabel",
         "numpy>=1.24",
         "scipy",
         "matplotlib",

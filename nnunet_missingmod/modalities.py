@@ -11,10 +11,12 @@ import itertools
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence, Union
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the converters' commands need none of it
+    import torch
 
 # Canonical name -> the spellings seen in the wild (BraTS 2018-2021, BraTS 2023+, MSD, nnU-Net's
 # own conversion scripts). Matching is case-insensitive.
