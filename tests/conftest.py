@@ -1,0 +1,103 @@
+"""Shared fixtures: one small synthetic dataset, planned and preprocessed by nnU-Net's own command,
+and one ModalityDropoutTrainer model trained (and resumed) by ``nnUNetv2_train`` on the CPU.
+
+Real commands run in subprocesses with a clean environment (no nnUNet_extTrainer, nothing but
+PATH, HOME and the three nnU-Net folders), as a new user's shell would be after installing.
+Training length comes from the documented nnUNet_missingmod_* overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+DATASET_ID = 991
+DATASET_NAME = f"Dataset{DATASET_ID}_SyntheticBraTS"
+CONFIGURATION = "3d_fullres"
+TRAINER = "ModalityDropoutTrainer"
+SHAPE = (40, 48, 40)
+
+
+def clean_env(folders: dict, **extra) -> dict:
+    """What a user's fresh shell has: PATH with the environment's scripts, HOME, nnU-Net folders."""
+    env = {
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "nnUNet_def_n_proc": "2",
+        "nnUNet_n_proc_DA": "2",
+        **folders,
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(command: list, env: dict, cwd=None, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(c) for c in command], env=env, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def nnunet_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnunet")
+    folders = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for folder in folders.values():
+        os.makedirs(folder)
+    # In-process code (predictor, trainers) reads the same folders.
+    saved = {k: os.environ.get(k) for k in folders}
+    os.environ.update(folders)
+    os.environ.setdefault("nnUNet_def_n_proc", "2")
+    yield folders
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def raw_dataset(nnunet_folders) -> str:
+    from nnunet_missingmod.synthetic import write_nnunet_dataset
+    return write_nnunet_dataset(DATASET_ID, num_train=6, num_test=2, shape=SHAPE, seed=0,
+                                raw_folder=nnunet_folders["nnUNet_raw"])
+
+
+@pytest.fixture(scope="session")
+def preprocessed(nnunet_folders, raw_dataset) -> str:
+    run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", CONFIGURATION, "-np", "2"], clean_env(nnunet_folders))
+    return os.path.join(nnunet_folders["nnUNet_preprocessed"], DATASET_NAME)
+
+
+def training_env(folders, epochs: int, **extra) -> dict:
+    return clean_env(folders, nnUNet_missingmod_num_epochs=epochs, nnUNet_missingmod_iterations_per_epoch=2,
+                     nnUNet_missingmod_val_iterations_per_epoch=1, **extra)
+
+
+@pytest.fixture(scope="session")
+def trained_model(nnunet_folders, preprocessed) -> dict:
+    """One epoch, then resumed with --c to a second: the model folder and both runs' output."""
+    command = ["nnUNetv2_train", DATASET_ID, CONFIGURATION, "0", "-tr", TRAINER, "-device", "cpu"]
+    first = run(command, training_env(nnunet_folders, epochs=1))
+    resumed = run(command + ["--c"], training_env(nnunet_folders, epochs=2))
+    folder = os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME, f"{TRAINER}__nnUNetPlans__{CONFIGURATION}")
+    return {"folder": folder, "first": first, "resumed": resumed}
+
+
+@pytest.fixture(scope="session")
+def predictor(trained_model):
+    import torch
+
+    from nnunet_missingmod.inference.model import load_predictor
+    return load_predictor(trained_model["folder"], folds=[0], device=torch.device("cpu"), use_mirroring=False)
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,100 @@
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import CONFIGURATION, DATASET_ID, TRAINER, clean_env, load_json, run
+from nnunet_missingmod.inference.cases import CaseError
+from nnunet_missingmod.inference.evaluate_missing import evaluate_missing
+from nnunet_missingmod.inference.metrics import region_metrics
+
+SUBSETS_IN_ORDER = ["T1", "T1ce", "T2", "FLAIR", "T1+T1ce", "T1+T2", "T1+FLAIR", "T1ce+T2", "T1ce+FLAIR", "T2+FLAIR",
+                    "T1+T1ce+T2", "T1+T1ce+FLAIR", "T1+T2+FLAIR", "T1ce+T2+FLAIR", "T1+T1ce+T2+FLAIR"]
+REGIONS = ["whole_tumor", "tumor_core", "enhancing_tumor"]
+
+
+@pytest.fixture(scope="module")
+def evaluation(nnunet_folders, raw_dataset, trained_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation") / "all_subsets"
+    result = run(["nnUNetv2_evaluate_missing", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0",
+                  "-i", os.path.join(raw_dataset, "imagesTs"), "-o", out, "-device", "cpu", "--disable_tta",
+                  "--save_predictions"], clean_env(nnunet_folders))
+    return out, result
+
+
+def test_reports_cover_every_case_subset_and_region(evaluation, raw_dataset):
+    out, result = evaluation
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    cases = {f[:-len(".nii.gz")] for f in os.listdir(os.path.join(raw_dataset, "labelsTs"))}
+    assert {(r["case"], r["subset"], r["region"]) for r in rows} == {
+        (c, s, r) for c in cases for s in SUBSETS_IN_ORDER for r in REGIONS}
+    for r in rows:
+        assert 0 <= float(r["dice"]) <= 1 and 0 <= float(r["hd95"]) <= 373.13
+    summary = load_json(out / "summary.json")
+    assert summary["subsets"] == SUBSETS_IN_ORDER
+    table = (out / "table.md").read_text()
+    positions = [table.index(f"| {s} ") for s in SUBSETS_IN_ORDER]
+    assert positions == sorted(positions) and "Mean" in table
+    assert table.strip() in result.stdout  # the command prints the table
+    assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_predictions_match_the_per_case_scores(evaluation, raw_dataset):
+    """Re-score a saved prediction from disk: the CSV holds what the prediction really scores."""
+    out, _ = evaluation
+    with open(out / "per_case.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["subset"] == "T1ce+FLAIR"]
+    case = rows[0]["case"]
+    prediction = sitk.ReadImage(str(out / "predictions" / "T1ce+FLAIR" / f"{case}.nii.gz"))
+    reference = sitk.ReadImage(os.path.join(raw_dataset, "labelsTs", f"{case}.nii.gz"))
+    scores = region_metrics(sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(reference),
+                            {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)},
+                            reference.GetSpacing()[::-1])
+    for row in (r for r in rows if r["case"] == case):
+        assert float(row["dice"]) == pytest.approx(scores[row["region"]]["dice"], abs=1e-6)
+        assert float(row["hd95"]) == pytest.approx(scores[row["region"]]["hd95"], abs=1e-4)
+
+
+def test_evaluation_equals_prediction_from_absent_files(evaluation, predictor, raw_dataset, tmp_path):
+    """Zeroing the preprocessed tensor (evaluation) == zero-filling the raw case (prediction)."""
+    from nnunet_missingmod.inference.predict_missing import predict_missing
+    out, _ = evaluation
+    predict_missing(predictor, os.path.join(raw_dataset, "imagesTs"), str(tmp_path / "pred"), missing="T1,T2",
+                    show_progress=False)
+    for name in (f for f in os.listdir(tmp_path / "pred") if f.endswith(".nii.gz")):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / name)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "predictions" / "T1ce+FLAIR" / name)))
+        assert np.array_equal(a, b), name
+
+
+def test_bad_input_is_refused_with_a_clear_message(predictor, raw_dataset, tmp_path):
+    images = os.path.join(raw_dataset, "imagesTs")
+    labels = tmp_path / "labels"
+    shutil.copytree(os.path.join(raw_dataset, "labelsTs"), labels)
+    dropped = sorted(os.listdir(labels))[0]
+    os.remove(labels / dropped)
+    with pytest.raises(CaseError, match=rf"case {dropped[:-7]} has no label: expected .*{dropped}"):
+        evaluate_missing(predictor, images, str(labels), str(tmp_path / "out"), show_progress=False)
+    with pytest.raises(ValueError, match="unknown modality 'PD'"):
+        evaluate_missing(predictor, images, os.path.join(raw_dataset, "labelsTs"), str(tmp_path / "out"),
+                         subsets=["T1+PD"], show_progress=False)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(images, incomplete)
+    os.remove(incomplete / sorted(os.listdir(incomplete))[1])
+    with pytest.raises(CaseError, match="lacks T1ce"):
+        evaluate_missing(predictor, str(incomplete), os.path.join(raw_dataset, "labelsTs"), str(tmp_path / "out"),
+                         show_progress=False)
+
+
+def test_subset_choice_and_refusal_to_overwrite(predictor, raw_dataset, tmp_path):
+    args = (predictor, os.path.join(raw_dataset, "imagesTs"), os.path.join(raw_dataset, "labelsTs"),
+            str(tmp_path / "out"))
+    summary = evaluate_missing(*args, subsets=["flair", "T1c+FLAIR"], show_progress=False)
+    assert summary["subsets"] == ["FLAIR", "T1ce+FLAIR"]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        evaluate_missing(*args, subsets=["T1"], show_progress=False)
+    assert evaluate_missing(*args, subsets=["T1"], overwrite=True, show_progress=False)["subsets"] == ["T1"]
