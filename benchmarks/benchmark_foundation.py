@@ -36,6 +36,7 @@ def nnunet_env(work: str) -> dict:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = os.path.join(work, name)
     env.setdefault("nnUNet_def_n_proc", "2")
+    env.setdefault("nnUNet_compile", "f")  # the same for both trainers; compiling costs minutes per process
     return env
 
 
@@ -79,15 +80,24 @@ def measure_train_steps(trainer_name: str, device: str, steps: int, warmup: int)
             "patch_size": list(trainer.configuration_manager.patch_size), "batch_size": trainer.batch_size}
 
 
-def run_train_step_benchmark(work: str, device: str, steps: int, warmup: int) -> dict:
+def run_train_step_benchmark(work: str, device: str, steps: int, warmup: int, rounds: int) -> dict:
+    """Each trainer in ``rounds`` fresh processes, in alternating order; the median round counts."""
+    names = ["nnUNetTrainer", "ModalityDropoutTrainer"]
+    runs = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out = subprocess.run([sys.executable, __file__, "--work", work, "--train-step", name, "--device", device,
+                                  "--steps", str(steps), "--warmup", str(warmup)], env=nnunet_env(work),
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"train-step benchmark of {name} failed:\n{out.stderr[-3000:]}")
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     results = {}
-    for name in ("nnUNetTrainer", "ModalityDropoutTrainer"):
-        out = subprocess.run([sys.executable, __file__, "--work", work, "--train-step", name, "--device", device,
-                              "--steps", str(steps), "--warmup", str(warmup)], env=nnunet_env(work),
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"train-step benchmark of {name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, measured in runs.items():
+        results[name] = {key: float(np.median([m[key] for m in measured]))
+                         for key in ("load_s", "step_s", "iteration_s", "peak_memory_bytes")}
+        results[name].update(patch_size=measured[0]["patch_size"], batch_size=measured[0]["batch_size"],
+                             rounds=measured)
     return results
 
 
@@ -138,6 +148,7 @@ def main() -> None:
     parser.add_argument("--num-test", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="timed train iterations per trainer")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per trainer, alternating order")
     parser.add_argument("--train-step", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = os.path.abspath(args.work)
@@ -158,7 +169,7 @@ def main() -> None:
                                           overwrite=True, num_processes=2)
     plan_and_preprocess(DATASET_ID, (CONFIGURATION,), num_processes=2)
 
-    train = run_train_step_benchmark(work, args.device, args.steps, args.warmup)
+    train = run_train_step_benchmark(work, args.device, args.steps, args.warmup, args.rounds)
     env = nnunet_env(work)
     env.update(nnUNet_missingmod_num_epochs="1", nnUNet_missingmod_iterations_per_epoch="2",
                nnUNet_missingmod_val_iterations_per_epoch="1")

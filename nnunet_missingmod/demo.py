@@ -5,6 +5,12 @@ ModalityDropoutTrainer`` -> ``nnUNetv2_evaluate_missing`` over all 15 subsets ->
 Everything lives in its own work folder (nnUNet_raw/preprocessed/results are pointed there), so a
 user's nnU-Net folders are never touched. The training and evaluation steps run the real
 commands, printed as they run, so the demo doubles as a recipe.
+
+It trains nnU-Net's ``2d`` configuration by default: on 2 CPU cores it runs about four times as
+many iterations per minute as ``3d_fullres`` (1.3 vs 0.33, measured on the demo data) and learns
+all three regions within the demo's budget, where 96 iterations of 3d_fullres learn the whole
+tumour only.
+``-c 3d_fullres`` runs the same chain in 3D.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--num-test", type=int, default=4, help="held-out test cases (default 4)")
     parser.add_argument("--shape", type=int, nargs=3, default=(40, 48, 40), metavar=("Z", "Y", "X"),
                         help="image shape in voxels (default 40 48 40)")
+    parser.add_argument("-c", dest="configuration", default="2d", choices=("2d", "3d_fullres"),
+                        help="nnU-Net configuration (default 2d, see above)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    parser.add_argument("--iterations", type=int, default=12, help="iterations per epoch (default 12)")
+    parser.add_argument("--iterations", type=int, default=40, help="iterations per epoch (default 40)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="start again in an existing work folder")
     args = parser.parse_args(argv)
@@ -65,19 +73,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     dataset_folder = write_nnunet_dataset(args.dataset_id, args.num_train, args.num_test, shape=tuple(args.shape),
                                           seed=0, raw_folder=env["nnUNet_raw"], num_processes=2)
 
-    print(f"\n[2/4] nnU-Net fingerprint, plans and preprocessing (3d_fullres) "
-          f"[= nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c 3d_fullres, lighter fingerprint]", flush=True)
+    print(f"\n[2/4] nnU-Net fingerprint, plans and preprocessing ({args.configuration}) "
+          f"[= nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c {args.configuration}, lighter fingerprint]",
+          flush=True)
     from nnunet_missingmod.planning import plan_and_preprocess
-    plan_and_preprocess(args.dataset_id, ("3d_fullres",), num_processes=2)
+    plan_and_preprocess(args.dataset_id, (args.configuration,), num_processes=2)
 
     print(f"\n[3/4] training ModalityDropoutTrainer for {args.epochs} epochs x {args.iterations} iterations "
           f"({' '.join(f'{k}={v}' for k, v in lengths.items())})", flush=True)
-    _run(["nnUNetv2_train", str(args.dataset_id), "3d_fullres", "0", "-tr", "ModalityDropoutTrainer",
+    _run(["nnUNetv2_train", str(args.dataset_id), args.configuration, "0", "-tr", "ModalityDropoutTrainer",
           "-device", args.device], env)
 
     print("\n[4/4] evaluation under all 15 modality subsets on the held-out cases", flush=True)
     evaluation = os.path.join(work, "evaluation")
-    _run(["nnUNetv2_evaluate_missing", "-d", str(args.dataset_id), "-c", "3d_fullres", "-tr",
+    _run(["nnUNetv2_evaluate_missing", "-d", str(args.dataset_id), "-c", args.configuration, "-tr",
           "ModalityDropoutTrainer", "-f", "0", "-i", os.path.join(dataset_folder, "imagesTs"), "-o", evaluation,
           "-device", args.device, "--disable_tta"], env)
     print(f"demo finished in {(time.time() - start) / 60:.1f} min; reports and heat map in {evaluation}")

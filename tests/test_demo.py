@@ -11,7 +11,7 @@ def test_demo_runs_the_whole_chain(tmp_path):
     result = run(["nnUNetv2_missingmod_demo", "-o", work, "--num-train", "5", "--num-test", "1", "--epochs", "1",
                   "--iterations", "2"], clean_env({}), cwd=tmp_path)
     out = result.stdout
-    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "$ nnUNetv2_train 990 3d_fullres 0 -tr ModalityDropoutTrainer",
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "$ nnUNetv2_train 990 2d 0 -tr ModalityDropoutTrainer",
                  "$ nnUNetv2_evaluate_missing", "demo finished"):
         assert step in out
     for subset in SUBSETS_IN_ORDER:
