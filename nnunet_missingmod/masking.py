@@ -6,8 +6,10 @@ exactly 0 in training as it is at inference. Besides zeroing channels it records
 availability mask (and, when a method needs it, the unmasked image) in the sample; the trainers'
 data loader (``training.data_loader``) collates those into the batch.
 
-Random numbers come from torch's global generator, like every batchgeneratorsv2 transform, so
-nnU-Net's per-worker seeding applies and ``torch.manual_seed`` makes the draws reproducible.
+Random numbers come from numpy's global generator, as in nnU-Net's data loader and most
+batchgeneratorsv2 transforms: batchgenerators reseeds it in every augmentation worker, whereas
+torch's generator is copied unchanged into forked workers, which would then draw the same masks in
+lockstep. ``np.random.seed`` makes the draws reproducible.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import itertools
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
@@ -72,11 +75,11 @@ class ModalityMaskingTransform(BasicTransform):
 
     def get_parameters(self, **data_dict) -> dict:
         if self.mode == "uniform":
-            rows = torch.randperm(len(self.subset_masks))[:self.num_views]
-            return {"masks": self.subset_masks[rows].clone()}
+            rows = np.random.permutation(len(self.subset_masks))[:self.num_views]
+            return {"masks": self.subset_masks[torch.from_numpy(rows)]}
         masks = []
         while len(masks) < self.num_views:
-            keep = torch.rand(self.num_modalities) >= self.drop_probability
+            keep = torch.from_numpy(np.random.random_sample(self.num_modalities) >= self.drop_probability)
             if keep.any() and not any(torch.equal(keep, m) for m in masks):
                 masks.append(keep)
         return {"masks": torch.stack(masks)}

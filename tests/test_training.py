@@ -56,7 +56,7 @@ def single_process_augmentation(monkeypatch):
 
 
 def test_batches_carry_the_mask_and_the_unmasked_image(preprocessed, single_process_augmentation):
-    torch.manual_seed(0)
+    np.random.seed(0)
     trainer = make_trainer(UnmaskedImageTrainer, preprocessed)
     trainer.initialize()
     train_loader, val_loader = trainer.get_dataloaders()
