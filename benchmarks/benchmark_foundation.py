@@ -74,7 +74,10 @@ def measure_train_steps(trainer_name: str, device: str, steps: int, warmup: int)
         if i >= warmup:
             load_times.append(loaded - start)
             step_times.append(time.perf_counter() - loaded)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return {"load_s": float(np.median(load_times)), "step_s": float(np.median(step_times)),
             "iteration_s": float(np.median(np.add(load_times, step_times))), "peak_memory_bytes": int(peak),
             "patch_size": list(trainer.configuration_manager.patch_size), "batch_size": trainer.batch_size}

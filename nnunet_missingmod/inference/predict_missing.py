@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -32,12 +31,12 @@ def plan_cases(input_folder: str, modalities: Modalities, file_ending: str,
     cases = list(find_cases(input_folder, file_ending, modalities).values())
     if not cases:
         raise CaseError(f"no case files (CASE_XXXX{file_ending}) in {input_folder}")
+    declared = f"; --missing {','.join(modalities.names[c] for c in forced_missing)}" if forced_missing else ""
     for case in cases:
         case.forced_missing = tuple(forced_missing)
         if len(case.missing(len(modalities))) == len(modalities):
             raise CaseError(f"case {case.case_id}: every modality is missing (files: "
-                            f"{', '.join(sorted(case.files.values())) or 'none'}"
-                            f"{'; --missing ' + ','.join(modalities.names[c] for c in forced_missing) if forced_missing else ''})")
+                            f"{', '.join(sorted(case.files.values())) or 'none'}{declared})")
     return cases
 
 
