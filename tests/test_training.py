@@ -131,3 +131,10 @@ def test_bad_length_override_is_refused(preprocessed, monkeypatch):
     monkeypatch.setenv("nnUNet_missingmod_num_epochs", "ten")
     with pytest.raises(ValueError, match="nnUNet_missingmod_num_epochs must be a positive integer"):
         make_trainer(ModalityDropoutTrainer, preprocessed)
+
+
+def test_train_step_is_synchronised_under_ddp(preprocessed):
+    """Two gloo processes on the CPU: after two steps on different batches the ranks agree."""
+    from ddp_check import check_ddp_train_steps
+    moved = check_ddp_train_steps("ModalityDropoutTrainer", preprocessed, CONFIGURATION, steps=2)
+    assert set(moved) == {"network"}

@@ -19,7 +19,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
@@ -149,7 +151,8 @@ class MissingModalityTrainer(nnUNetTrainer):
         if not trainable:
             module.requires_grad_(False).eval()
         elif self.is_ddp and any(p.requires_grad for p in module.parameters()):
-            module = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=[self.local_rank])
+            device_ids = [self.local_rank] if self.device.type == "cuda" else None  # CPU (gloo) DDP takes none
+            module = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=device_ids)
         self.auxiliaries[name] = Auxiliary(module, optimizer, lr_scheduler, trainable)
         return module
 
@@ -160,6 +163,20 @@ class MissingModalityTrainer(nnUNetTrainer):
                 aux.module.train()
             if aux.lr_scheduler is not None:
                 aux.lr_scheduler.step(self.current_epoch)
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        """nnU-Net logs ``loss``; the epoch means of any other scalar ``train_step`` returns (the
+        terms of a composite loss) go to the training log, averaged over DDP ranks."""
+        super().on_train_epoch_end(train_outputs)
+        terms = [k for k in train_outputs[0] if k != "loss" and np.isscalar(train_outputs[0][k])]
+        if not terms:
+            return
+        means = np.array([np.mean([float(o[k]) for o in train_outputs]) for k in terms])
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, means)
+            means = np.mean(gathered, axis=0)
+        self.print_to_log_file("loss terms: " + ", ".join(f"{k} {v:.4f}" for k, v in zip(terms, means)))
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()

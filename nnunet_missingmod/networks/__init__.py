@@ -1,0 +1,1 @@
+"""Networks composed from nnU-Net plans. They import no trainer."""

@@ -1,0 +1,1 @@
+"""Segment Anything priors for SMML, computed once beside nnU-Net's preprocessed data."""
