@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import CONFIGURATION, DATASET_NAME, load_json
 from nnunet_missingmod.modalities import available_modalities
-from nnunet_missingmod.training import MissingModalityTrainer, ModalityDropoutTrainer
+from nnunet_missingmod.training import FullModalityTrainer, MissingModalityTrainer, ModalityDropoutTrainer
 
 
 def make_trainer(cls, preprocessed, dataset_json=None, fold=0):
@@ -85,6 +85,17 @@ def test_masking_sits_after_every_intensity_transform(preprocessed):
                       "MaskImageTransform"):
         assert names.index(intensity) < position, names
     assert names[position + 1] == "RemoveLabelTransform"
+
+
+def test_the_no_masking_reference_has_nnunets_own_pipeline(preprocessed):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    trainer = make_trainer(FullModalityTrainer, preprocessed)
+    reference = make_trainer(nnUNetTrainer, preprocessed)
+    rotation, dummy_2d, _, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    pipelines = [t.get_training_transforms(trainer.configuration_manager.patch_size, rotation, None, mirror_axes,
+                                           dummy_2d, use_mask_for_norm=[True] * 4) for t in (trainer, reference)]
+    names = [[type(getattr(t, "transform", t)).__name__ for t in p.transforms] for p in pipelines]
+    assert names[0] == names[1] and "ModalityMaskingTransform" not in names[0]
 
 
 def test_auxiliary_modules_survive_a_checkpoint_round_trip(preprocessed, tmp_path):

@@ -1,6 +1,9 @@
 """Trainers, one a module. Everything in ``__all__`` is visible to nnU-Net's ``-tr`` lookup."""
 
 from nnunet_missingmod.training.base import MissingModalityTrainer
+from nnunet_missingmod.training.full_modality import FullModalityTrainer
+from nnunet_missingmod.training.magms import *  # noqa: F401,F403
+from nnunet_missingmod.training.magms import __all__ as _magms
 from nnunet_missingmod.training.modality_dropout import ModalityDropoutTrainer
 
-__all__ = ["MissingModalityTrainer", "ModalityDropoutTrainer"]
+__all__ = ["MissingModalityTrainer", "FullModalityTrainer", "ModalityDropoutTrainer", *_magms]
