@@ -19,89 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
+from measurement import in_fresh_processes, measure_train_steps, median_of_rounds, nnunet_env
 
 DATASET_ID = 980
 CONFIGURATION = "3d_fullres"
 
 
-def nnunet_env(work: str) -> dict:
-    env = dict(os.environ)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[name] = os.path.join(work, name)
-    env.setdefault("nnUNet_def_n_proc", "2")
-    env.setdefault("nnUNet_compile", "f")  # the same for both trainers; compiling costs minutes per process
-    return env
-
-
-def measure_train_steps(trainer_name: str, device: str, steps: int, warmup: int) -> dict:
-    """Runs in a fresh process (``--train-step``), so peak RSS belongs to this trainer alone."""
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import join, load_json
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    import nnunet_missingmod.trainer_registration as registration
-    registration.register()
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    torch.manual_seed(0)
-    np.random.seed(0)
-    folder = join(nnUNet_preprocessed, maybe_convert_to_dataset_name(DATASET_ID))
-    plans = load_json(join(folder, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    trainer = recursive_find_trainer_class_by_name(trainer_name)(
-        plans, CONFIGURATION, 0, load_json(join(folder, "dataset.json")), torch.device(device))
-    trainer.initialize()
-    loader, _ = trainer.get_dataloaders()
-    trainer.on_train_epoch_start()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    load_times, step_times = [], []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        batch = next(loader)
-        loaded = time.perf_counter()
-        trainer.train_step(batch)
-        sync()
-        if i >= warmup:
-            load_times.append(loaded - start)
-            step_times.append(time.perf_counter() - loaded)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return {"load_s": float(np.median(load_times)), "step_s": float(np.median(step_times)),
-            "iteration_s": float(np.median(np.add(load_times, step_times))), "peak_memory_bytes": int(peak),
-            "patch_size": list(trainer.configuration_manager.patch_size), "batch_size": trainer.batch_size}
-
-
 def run_train_step_benchmark(work: str, device: str, steps: int, warmup: int, rounds: int) -> dict:
     """Each trainer in ``rounds`` fresh processes, in alternating order; the median round counts."""
-    names = ["nnUNetTrainer", "ModalityDropoutTrainer"]
-    runs = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            out = subprocess.run([sys.executable, __file__, "--work", work, "--train-step", name, "--device", device,
-                                  "--steps", str(steps), "--warmup", str(warmup)], env=nnunet_env(work),
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"train-step benchmark of {name} failed:\n{out.stderr[-3000:]}")
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    results = {}
-    for name, measured in runs.items():
-        results[name] = {key: float(np.median([m[key] for m in measured]))
-                         for key in ("load_s", "step_s", "iteration_s", "peak_memory_bytes")}
-        results[name].update(patch_size=measured[0]["patch_size"], batch_size=measured[0]["batch_size"],
-                             rounds=measured)
-    return results
+    runs = in_fresh_processes(__file__, ["nnUNetTrainer", "ModalityDropoutTrainer"], rounds,
+                              ["--work", work, "--device", device, "--steps", str(steps), "--warmup", str(warmup)],
+                              nnunet_env(work), "train-step")
+    return median_of_rounds(runs, ("load_s", "step_s", "iteration_s", "peak_memory_bytes"))
 
 
 def write_subset_inputs(images: str, target: str, missing: list[int]) -> None:
@@ -158,7 +92,8 @@ def main() -> None:
     os.environ.update({k: v for k, v in nnunet_env(work).items() if k.startswith("nnUNet_")})
 
     if args.train_step:
-        print(json.dumps(measure_train_steps(args.train_step, args.device, args.steps, args.warmup)))
+        print(json.dumps(measure_train_steps(args.train_step, DATASET_ID, CONFIGURATION, args.device, args.steps,
+                                             args.warmup)))
         return
 
     from nnunet_missingmod.planning import plan_and_preprocess
