@@ -94,11 +94,12 @@ def measure_inference(name: str, device: str, tta: bool) -> dict:
 
 
 def prepare_frozen_teacher(work: str, device: str) -> None:
-    """A full-modality nnU-Net model for MSTKDFrozenTeacherTrainer (its training does not matter)."""
+    """A full-modality MST-KDNet model (MSTKDTeacherTrainer) for MSTKDFrozenTeacherTrainer; its
+    weights do not matter for the cost."""
     folder = teacher_model_folder(work)
     if os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_final.pth")):
         return
-    trainer = load_trainer(BASELINE, DATASET_ID, CONFIGURATION, device)
+    trainer = load_trainer("MSTKDTeacherTrainer", DATASET_ID, CONFIGURATION, device)
     trainer.initialize()
     write_model_folder(trainer, folder)
 
