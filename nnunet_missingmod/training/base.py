@@ -132,8 +132,12 @@ class MissingModalityTrainer(nnUNetTrainer):
         pipeline.transforms.insert(position, self.build_masking_transform())
         return pipeline
 
+    def data_loader_class(self) -> type:
+        """The loader nnU-Net's ``get_dataloaders`` builds; a subclass that carries more returns its own."""
+        return ModalityMaskDataLoader
+
     def get_dataloaders(self):
-        with loaders_of_class(ModalityMaskDataLoader):
+        with loaders_of_class(self.data_loader_class()):
             return super().get_dataloaders()
 
     # --- auxiliary modules ---------------------------------------------------------------------

@@ -37,7 +37,6 @@ from nnunet_missingmod.networks.refinement_head import BranchRefinementHeads, Re
 from nnunet_missingmod.networks.two_branch import TwoBranchNetwork
 from nnunet_missingmod.priors.storage import PriorsMetadata, check_priors, prior_targets, priors_folder
 from nnunet_missingmod.training.base import MissingModalityTrainer, unwrap
-from nnunet_missingmod.training.data_loader import loaders_of_class
 from nnunet_missingmod.training.prior_data_loader import PRIORS_KEY, DatasetWithPriors, PriorDataLoader
 
 __all__ = ["SMMLTrainer", "SMMLTrainerNoPriors", "SMMLTrainerNoPixelConsistency",
@@ -162,12 +161,8 @@ class SMMLTrainer(MissingModalityTrainer):
             dataset_tr = DatasetWithPriors(dataset_tr, self.priors_folder, len(self.modalities))
         return dataset_tr, dataset_val
 
-    def get_dataloaders(self):
-        if self.priors_metadata is None:
-            return super().get_dataloaders()
-        # The foundation's get_dataloaders substitutes its own loader class; this one extends it.
-        with loaders_of_class(PriorDataLoader):
-            return nnUNetTrainer.get_dataloaders(self)
+    def data_loader_class(self) -> type:
+        return super().data_loader_class() if self.priors_metadata is None else PriorDataLoader
 
     def on_train_start(self):
         super().on_train_start()
