@@ -2,7 +2,9 @@
 the same data, patch, batch and device.
 
 1. Train iteration (data loading with augmentation in the main process + ``train_step``) and peak
-   memory (GPU: max allocated; CPU: peak RSS of a fresh process per trainer). Every trainer runs in
+   memory (GPU: max allocated; CPU: peak RSS of a fresh process per trainer), and the floating-point
+   operations of one ``train_step``: their ratio is the time ratio a method cannot beat on
+   compute-bound hardware, whatever its implementation. Every trainer runs in
    ``--rounds`` fresh processes in alternating order; the median round counts.
 2. Inference time per case: ``nnUNetPredictor.predict_from_files`` over the test cases with all
    modalities present (model loading excluded), in a fresh process per trainer. The weights are
@@ -121,15 +123,18 @@ def ratio(value: float, base: float) -> float:
 def print_table(results: dict) -> None:
     train, inference = results["train_step"], results["inference"]
     base_train, base_inference = train[BASELINE], inference[BASELINE]
-    print(f"\ndevice {results['device']}, patch {base_train['patch_size']}, batch {base_train['batch_size']}")
-    print(f"{'trainer':<28}{'iter s':>8}{'ratio':>7}{'target':>7}{'peak MiB':>10}{'ratio':>7}{'target':>7}"
-          f"{'infer s/case':>13}{'ratio':>7}{'target':>7}")
+    print(f"\ndevice {results['device']}, patch {base_train['patch_size']}, batch {base_train['batch_size']}; "
+          f"ratios against {BASELINE}; FLOPs: of one train_step")
+    print(f"{'trainer':<28}{'iter s':>8}{'ratio':>7}{'target':>7}{'FLOPs':>7}{'peak MiB':>10}{'ratio':>7}"
+          f"{'target':>7}{'infer s/case':>13}{'ratio':>7}{'target':>7}")
     for name in train:
         t, i = train[name], inference[name]
         target = TARGETS.get(name, (None, None, None))
         fmt = (lambda x: f"{x:>7}" if x is None else f"{'<=' + str(x):>7}")
         print(f"{name:<28}{t['iteration_s']:>8.2f}{ratio(t['iteration_s'], base_train['iteration_s']):>7.2f}"
-              f"{fmt(target[0]) if target[0] else '':>7}{t['peak_memory_bytes'] / 2**20:>10.0f}"
+              f"{fmt(target[0]) if target[0] else '':>7}"
+              f"{ratio(t['train_step_flops'], base_train['train_step_flops']):>7.2f}"
+              f"{t['peak_memory_bytes'] / 2**20:>10.0f}"
               f"{ratio(t['peak_memory_bytes'], base_train['peak_memory_bytes']):>7.2f}"
               f"{fmt(target[1]) if target[1] else '':>7}{i['per_case_s']:>13.2f}"
               f"{ratio(i['per_case_s'], base_inference['per_case_s']):>7.2f}{fmt(target[2]) if target[2] else '':>7}")
@@ -191,11 +196,14 @@ def main() -> None:
                 env, "train-step")[name]
             inference_runs[name] += in_fresh_processes(
                 __file__, [name], 1, [*common, *(["--tta"] if args.tta else [])], env, "inference")[name]
-    results["train_step"] = median_of_rounds(train_runs, ("load_s", "step_s", "iteration_s", "peak_memory_bytes"))
+    results["train_step"] = median_of_rounds(train_runs, ("load_s", "step_s", "iteration_s", "peak_memory_bytes",
+                                                          "train_step_flops"))
     results["inference"] = median_of_rounds(inference_runs, ("per_case_s",))
     results["ratios"] = {
         name: {"iteration_time": ratio(results["train_step"][name]["iteration_s"],
                                        results["train_step"][BASELINE]["iteration_s"]),
+               "train_step_flops": ratio(results["train_step"][name]["train_step_flops"],
+                                         results["train_step"][BASELINE]["train_step_flops"]),
                "peak_memory": ratio(results["train_step"][name]["peak_memory_bytes"],
                                     results["train_step"][BASELINE]["peak_memory_bytes"]),
                "inference_per_case": ratio(results["inference"][name]["per_case_s"],

@@ -72,7 +72,18 @@ def measure_train_steps(trainer_name: str, dataset_id: int, configuration: str, 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return {"load_s": float(np.median(load_times)), "step_s": float(np.median(step_times)),
             "iteration_s": float(np.median(np.add(load_times, step_times))), "peak_memory_bytes": int(peak),
+            "train_step_flops": train_step_flops(trainer, next(loader)),
             "patch_size": list(trainer.configuration_manager.patch_size), "batch_size": trainer.batch_size}
+
+
+def train_step_flops(trainer, batch: dict) -> int:
+    """Floating-point operations of one ``train_step`` (forward and backward; convolutions, matrix
+    products and attention, as ``torch.utils.flop_counter`` counts them): the arithmetic a method
+    adds, which a time ratio on one machine should approach but not beat."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(batch)
+    return int(counter.get_total_flops())
 
 
 def in_fresh_processes(script: str, names: list[str], rounds: int, arguments: list[str], env: dict,
