@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--train-step", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inference", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.num_train < 5:
+        parser.error(f"--num-train {args.num_train}: nnU-Net's 5-fold split needs at least 5 training cases")
     work = os.path.abspath(args.work)
     os.environ.update({k: v for k, v in nnunet_env(work).items() if k.startswith("nnUNet_")})
 
