@@ -220,6 +220,8 @@ def write_report(study: Study, report: str) -> None:
                      + " | ".join(f"{m[r]['hd95']:.2f}" for r in regions)
                      + f" | {study.state['training_s'].get(t, float('nan')) / 60:.1f} min |")
 
+    lines += ["", "Training time: wall clock of `nnUNetv2_train` (trainer lookup, training and nnU-Net's final "
+              "validation) on whatever else the machine was running; docs/benchmarks.md has controlled ratios."]
     if REFERENCE in trainers:
         reference = read_per_case(os.path.join(study.evaluation_folder(REFERENCE), "per_case.csv"))
         lines += ["", f"## Paired comparison with {REFERENCE}", "",
@@ -241,7 +243,10 @@ def write_report(study: Study, report: str) -> None:
     for t in trainers:
         shutil.copy(os.path.join(study.evaluation_folder(t), "heatmap.png"), os.path.join(figures, f"{t}.png"))
         with open(os.path.join(study.evaluation_folder(t), "table.md")) as f:
-            lines += [f"### {t}", "", f.read().strip(), "", f"![{t}](results/{t}.png)", ""]
+            table = f.read().strip()
+        if table.startswith("## "):  # the evaluation's own title; this report's heading replaces it
+            table = table.split("\n", 1)[1].strip()
+        lines += [f"### {t}", "", table, "", f"![{t}](results/{t}.png)", ""]
 
     lines += ["## The data: contrast of each compartment in each modality", "",
               "Contrast-to-noise ratio of each compartment against the surrounding tissue, per modality "
