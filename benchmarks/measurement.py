@@ -79,7 +79,7 @@ def measure_train_steps(trainer_name: str, dataset_id: int, configuration: str, 
 def train_step_flops(trainer, batch: dict) -> int:
     """Floating-point operations of one ``train_step`` (forward and backward; convolutions, matrix
     products and attention, as ``torch.utils.flop_counter`` counts them): the arithmetic a method
-    adds, which a time ratio on one machine should approach but not beat."""
+    adds, which its time ratio approaches on compute-bound hardware, whatever the machine's load."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         trainer.train_step(batch)
