@@ -71,3 +71,18 @@ def test_per_case_csv_is_read_as_the_evaluation_writes_it(tmp_path):
         writer.writerow(["case_0001", "T1+T1ce", "enhancing_tumor", "1.0", "0.0"])
     assert study.read_per_case(str(path)) == {("case_0001", "T1+T1ce", "whole_tumor"): 0.75,
                                               ("case_0001", "T1+T1ce", "enhancing_tumor"): 1.0}
+
+
+def test_the_bar_needs_gains_over_the_baseline_and_a_wide_margin_over_unmasked_nnunet():
+    mean_dice = {
+        "FullModalityTrainer": {"WT": 0.40, "TC": 0.30, "ET": 0.40},
+        "ModalityDropoutTrainer": {"WT": 0.50, "TC": 0.40, "ET": 0.45},
+        "MethodA": {"WT": 0.52, "TC": 0.41, "ET": 0.46},  # above the baseline, >= 5 points above Full
+        "MethodB": {"WT": 0.60, "TC": 0.39, "ET": 0.50},  # TC below the baseline
+        "MethodC": {"WT": 0.44, "TC": 0.41, "ET": 0.46},  # WT only 4 points above Full
+    }
+    rows = {row.split(" | ")[0].strip("| "): row for row in study.bar_rows(mean_dice)}
+    assert set(rows) == {"MethodA", "MethodB", "MethodC"}
+    assert rows["MethodA"].endswith("| yes |") and "+1.00 | +1.00 | +6.00" in rows["MethodA"]
+    assert rows["MethodB"].endswith("| **no** |") and "-1.00" in rows["MethodB"]
+    assert rows["MethodC"].endswith("| **no** |") and "+4.00" in rows["MethodC"]
