@@ -4,8 +4,8 @@ the same data, patch, batch and device.
 1. Train iteration (data loading with augmentation in the main process + ``train_step``) and peak
    memory (GPU: max allocated; CPU: peak RSS of a fresh process per trainer), and the floating-point
    operations of one ``train_step``: their ratio is what the method computes more than nnU-Net,
-   which its time ratio approaches on compute-bound hardware, whatever its implementation. Every trainer runs in
-   ``--rounds`` fresh processes in alternating order; the median round counts.
+   which its time ratio approaches on compute-bound hardware, whatever its implementation. Every
+   trainer runs in ``--rounds`` fresh processes in alternating order; the median round counts.
 2. Inference time per case: ``nnUNetPredictor.predict_from_files`` over the test cases with all
    modalities present (model loading excluded), in a fresh process per trainer. The weights are
    the trainer's initial ones: prediction time does not depend on them.

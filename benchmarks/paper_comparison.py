@@ -248,11 +248,11 @@ def mstkd_hd95(records: Sequence[dict]) -> list[dict]:
     return [{**r, "hd95": 0.0 if r["hd95"] == HD95_ONE_EMPTY else r["hd95"]} for r in records]
 
 
-def _read_mask_array(path: str) -> np.ndarray:
-    import SimpleITK as sitk  # only this conversion reads images
+def _read_mask_array(reader, path: str) -> np.ndarray:
+    """A segmentation read by nnU-Net's reader for the dataset's file ending."""
     try:
-        return sitk.GetArrayFromImage(sitk.ReadImage(path))
-    except RuntimeError as e:
+        return reader.read_seg(path)[0]
+    except Exception as e:  # the readers raise bare RuntimeErrors; name the file
         raise ComparisonError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from None
 
 
@@ -270,7 +270,9 @@ def rfnet_et_postprocessing(evaluation: Evaluation, labels_folder: str, dataset_
     if et_name not in regions:
         raise ComparisonError(f"region {et_name!r} of {evaluation.folder} is not in the dataset.json given "
                               f"(regions {list(regions)})")
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
     et_labels, ending = list(regions[et_name]), dataset_json["file_ending"]
+    reader = determine_reader_writer_from_file_ending(ending, allow_nonmatching_filename=True, verbose=False)()
     references, converted = {}, []
     for record in evaluation.records:
         if record["region"] != "ET":
@@ -281,12 +283,12 @@ def rfnet_et_postprocessing(evaluation: Evaluation, labels_folder: str, dataset_
             label_file = os.path.join(labels_folder, case + ending)
             if not os.path.isfile(label_file):
                 raise ComparisonError(f"no reference label for case {case}: expected {label_file}")
-            references[case] = np.isin(_read_mask_array(label_file), et_labels)
+            references[case] = np.isin(_read_mask_array(reader, label_file), et_labels)
         prediction_file = os.path.join(predictions, subset_name, case + ending)
         if not os.path.isfile(prediction_file):
             raise ComparisonError(f"{prediction_file} is missing: the evaluation saved no prediction of {case} "
                                   f"under {subset_name}")
-        predicted = np.isin(_read_mask_array(prediction_file), et_labels)
+        predicted = np.isin(_read_mask_array(reader, prediction_file), et_labels)
         if predicted.shape != references[case].shape:
             raise ComparisonError(f"{prediction_file} has shape {predicted.shape}, its label {references[case].shape}")
         if np.count_nonzero(predicted) < min_voxels:

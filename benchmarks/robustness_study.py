@@ -200,21 +200,17 @@ WIDE_MARGIN = 0.05
 
 
 def bar_rows(mean_dice: dict[str, dict[str, float]]) -> list[str]:
-    """Markdown rows of the bar's check; ``mean_dice[trainer][short region]``: Dice over the subsets."""
+    """Markdown rows of the bar's check; ``mean_dice[trainer][short region]``: Dice over the subsets,
+    for REFERENCE, NO_MASKING and the methods."""
+    reference, unmasked = mean_dice[REFERENCE], mean_dice[NO_MASKING]
     rows = []
     for trainer, dice in mean_dice.items():
         if trainer in (REFERENCE, NO_MASKING):
             continue
-        cells, met = [], True
-        if REFERENCE in mean_dice:
-            for region in BAR_REGIONS:
-                gain = dice[region] - mean_dice[REFERENCE][region]
-                met &= gain > 0
-                cells.append(f"{gain * 100:+.2f}")
-        if NO_MASKING in mean_dice:
-            margin = min(dice[r] - mean_dice[NO_MASKING][r] for r in dice)
-            met &= margin >= WIDE_MARGIN
-            cells.append(f"{margin * 100:+.2f}")
+        gains = [dice[r] - reference[r] for r in BAR_REGIONS]
+        margin = min(dice[r] - unmasked[r] for r in dice)
+        met = all(g > 0 for g in gains) and margin >= WIDE_MARGIN
+        cells = [f"{v * 100:+.2f}" for v in (*gains, margin)]
         rows.append(f"| {trainer} | " + " | ".join(cells) + f" | {'yes' if met else '**no**'} |")
     return rows
 
