@@ -32,6 +32,7 @@ REFERENCE = "ModalityDropoutTrainer"
 NO_MASKING = "FullModalityTrainer"
 TRAINERS = [NO_MASKING, REFERENCE, "MAGMSTrainer", "MSTKDTrainer", "SMMLTrainer"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DISCUSSION = "results-discussion.md"  # the hand-written reading of the report, next to it
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,10 @@ class Study:
             self.mark("preprocessing")
         if "SMMLTrainer" in self.trainers and not self.done("smml_priors"):
             log("SMML priors (nnUNetv2_smml_priors, LiteMedSAM)")
+            start = time.time()
             self.run(["nnUNetv2_smml_priors", "-d", str(DATASET_ID), "-c", self.size.configuration],
                      "smml_priors.log")
+            self.state["priors_s"] = self.state.get("priors_s", 0.0) + time.time() - start
             self.mark("smml_priors")
 
     def train(self, trainer: str) -> None:
@@ -247,6 +250,13 @@ def write_report(study: Study, report: str) -> None:
 
     lines += ["", "Training time: wall clock of `nnUNetv2_train` (trainer lookup, training and nnU-Net's final "
               "validation) on whatever else the machine was running; docs/benchmarks.md has controlled ratios."]
+    if "priors_s" in study.state:
+        lines[-1] += (f" SMMLTrainer also needs LiteMedSAM's priors, computed once per dataset by "
+                      f"`nnUNetv2_smml_priors` before training: {study.state['priors_s'] / 60:.1f} min for the "
+                      f"{size.num_train} training cases.")
+    if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(report)), DISCUSSION)):
+        lines += ["", f"What these numbers mean, why a method misses the bar and what was measured to find out: "
+                  f"[{DISCUSSION}]({DISCUSSION}) (written by hand; this page is generated)."]
     if REFERENCE in trainers and NO_MASKING in trainers:
         mean_dice = {t: {short_region_name(r): summaries[t]["mean_over_subsets"][r]["dice"] for r in regions}
                      for t in trainers}
