@@ -51,8 +51,8 @@ SIZES = {
     "tiny": Size(8, 4, (40, 48, 40), "2d", 4, 25, False),
     # The default, for 2 CPU cores within 3 hours (2d learns all three regions in a few hundred
     # iterations where 3d_fullres does not). nnU-Net's 2d batch grows with the dataset (8 cases:
-    # 12, 24 cases: 36), so 12 cases (batch 18). Estimated from the 8-case run's idle iteration
-    # times plus LiteMedSAM's priors at about 3 min per case: about 2.5 hours, not yet run end to end.
+    # 12, 24 cases: 36), so 12 cases (batch 18). Measured: 2 h 49 min on 2 partly loaded cores,
+    # about 2 h 20 min idle (LiteMedSAM's priors 190 s per case, training 84 min, evaluation 8 min).
     "cpu": Size(12, 8, (40, 48, 40), "2d", 16, 50, False),
     # On a GPU: 3d_fullres at a realistic size and nnU-Net's iterations per epoch.
     "gpu": Size(60, 20, (96, 112, 96), "3d_fullres", 100, 250, True),
