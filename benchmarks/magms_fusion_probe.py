@@ -4,8 +4,9 @@
 
 MODEL_FOLDER is a MAGMSTrainer* (or any nnU-Net trainer's) output folder with fold_0, and
 PREPROCESSED_FOLDER the configuration's preprocessed data (e.g. ``.../nnUNetPlans_2d``). For 2D
-models only. On every other tumour slice of the first cases, the network is run on all modalities
-and on each modality alone (the others zeroed, as in prediction), and inside each region's ground
+models of region datasets (BraTS-like) only. On every other tumour slice of the first cases, the
+network is run on all modalities and on each modality alone (the others zeroed, as in
+prediction), and inside each region's ground
 truth this prints:
 
 - recall (logit > 0) of the all-modality output and of each single modality;
@@ -26,24 +27,25 @@ import argparse
 import numpy as np
 import torch
 
-REGIONS = ("WT", "TC", "ET")
 
 
-def tumour_slices(folder: str, num_cases: int):
-    """Per case, every other slice with tumour: images (S, M, H, W) and regions (S, 3, H, W)."""
+def tumour_slices(folder: str, num_cases: int, regions):
+    """Per case, every other slice with tumour: images (S, M, H, W) and region masks (S, R, H, W)
+    for the dataset's regions (lists of labels, nnU-Net's ``foreground_regions``)."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     dataset = infer_dataset_class(folder)(folder)
     for key in sorted(dataset.identifiers)[:num_cases]:
         data, seg, *_ = dataset.load_case(key)
-        data, seg = torch.from_numpy(np.asarray(data)).float(), torch.from_numpy(np.asarray(seg)[0])
+        data, seg = torch.from_numpy(np.asarray(data)).float(), np.asarray(seg)[0]
         keep = [z for z in range(data.shape[1]) if (seg[z] > 0).sum() > 20][::2]
-        yield data[:, keep].permute(1, 0, 2, 3), torch.stack([seg[keep] >= 1, seg[keep] >= 2, seg[keep] >= 3], 1).float()
+        masks = np.stack([np.isin(seg[keep], labels) for labels in regions], 1)
+        yield data[:, keep].permute(1, 0, 2, 3), torch.from_numpy(masks).float()
 
 
-def padded(network, x: torch.Tensor, divisor: int = 8) -> torch.Tensor:
-    """The network's logits for x, run on x padded to a multiple of the downsampling."""
+def padded(network, x: torch.Tensor, divisor: tuple[int, int]) -> torch.Tensor:
+    """The network's logits for x, run on x padded to a multiple of the network's downsampling."""
     h, w = x.shape[-2:]
-    x = torch.nn.functional.pad(x, (0, -w % divisor, 0, -h % divisor))
+    x = torch.nn.functional.pad(x, (0, -w % divisor[1], 0, -h % divisor[0]))
     return network(x)[..., :h, :w]
 
 
@@ -57,27 +59,34 @@ def main() -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunet_missingmod.inference.metrics import short_region_name
     from nnunet_missingmod.losses.self_distillation import distillation_kl
     predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False)
     predictor.initialize_from_trained_model_folder(args.model, (0,), "checkpoint_final.pth")
     network = predictor.network.eval()
     modalities = list(predictor.dataset_json["channel_names"].values())
+    labels = predictor.label_manager
+    if not labels.has_regions or len(predictor.configuration_manager.patch_size) != 2:
+        raise SystemExit(f"{args.model}: the probe needs a 2D model of a region dataset (BraTS-like)")
+    regions = [list(np.atleast_1d(r)) for r in labels.foreground_regions]  # the order of the output channels
+    names = [short_region_name(n) for n in predictor.dataset_json["labels"] if n != "background"]
+    divisor = tuple(int(d) for d in np.prod(predictor.configuration_manager.pool_op_kernel_sizes, axis=0))
     segmentation = DC_and_BCE_loss({}, {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False},
                                    use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
 
     # per region: the all-modality logits, the single-modality logits (M, n) and the two gradients, inside the region
-    inside = {r: {"all": [], "single": [], "g_seg": [], "g_kl": []} for r in range(len(REGIONS))}
+    inside = {r: {"all": [], "single": [], "g_seg": [], "g_kl": []} for r in range(len(regions))}
     num_slices = 0
-    for x, y in tumour_slices(args.preprocessed, args.cases):
+    for x, y in tumour_slices(args.preprocessed, args.cases, regions):
         num_slices += len(x)
         with torch.no_grad():
-            fused = padded(network, x)
+            fused = padded(network, x, divisor)
             single = []
             for m in range(x.shape[1]):
                 alone = torch.zeros_like(x)
                 alone[:, m] = x[:, m]
-                single.append(padded(network, alone))
-        single = torch.stack(single)  # (M, S, 3, H, W)
+                single.append(padded(network, alone, divisor))
+        single = torch.stack(single)  # (M, S, R, H, W)
         z0 = fused.clone().requires_grad_()
         g_seg, = torch.autograd.grad(segmentation(z0, y), z0)
         kl = distillation_kl(z0.unsqueeze(0), single, multilabel=True, channel_dim=2)  # (M, S)
@@ -90,7 +99,7 @@ def main() -> None:
             inside[r]["g_kl"].append(g_kl[:, r][where])
 
     print(f"{args.model}: {num_slices} slices from {args.cases} cases")
-    for r, name in enumerate(REGIONS):
+    for r, name in enumerate(names):
         z0, zm = torch.cat(inside[r]["all"]), torch.cat(inside[r]["single"], 1)
         recall = " ".join(f"{m} {(zm[i] > 0).float().mean():.2f}" for i, m in enumerate(modalities))
         logits = " ".join(f"{m} {zm[i].mean():+.2f}" for i, m in enumerate(modalities))
