@@ -4,7 +4,7 @@ The paper names the terms but its code for them was never released; the formulas
 project's (docs/smml.md gives the reasoning). Every term is zero when the two sides agree, and the
 side that teaches is always detached, so each branch learns only through its own loss.
 
-Targets come in nnU-Net's two forms, chosen by ``multi_label``:
+Targets come in nnU-Net's two forms, chosen by ``regions``:
 - ``False`` (label maps, softmax): ``target`` (B, 1, *spatial) class indices;
 - ``True`` (regions, sigmoid): ``target`` (B, K, *spatial) with 0/1 per region channel.
 ``valid`` (B, 1, *spatial) bool, optional, marks voxels that count (nnU-Net's ignore label).
@@ -18,32 +18,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-
-def _log_probabilities(logits: torch.Tensor, multi_label: bool, temperature: float):
-    """(log p, log(1 - p)) for independent sigmoid channels, (log p, None) for a softmax."""
-    z = logits.float() / temperature
-    if multi_label:
-        return F.logsigmoid(z), F.logsigmoid(-z)
-    return F.log_softmax(z, 1), None
+from nnunet_missingmod.losses.kl import kl_divergence
 
 
-def kl_map(teacher_logits: torch.Tensor, student_logits: torch.Tensor, multi_label: bool,
-           temperature: float = 1.0) -> torch.Tensor:
-    """Per-voxel KL(teacher || student) of the temperature-softened distributions.
-
-    Softmax: summed over classes, shape (B, 1, *spatial). Sigmoid: the Bernoulli KL of each channel,
-    shape (B, K, *spatial). The teacher is not detached here.
-    """
-    log_p, log_not_p = _log_probabilities(teacher_logits, multi_label, temperature)
-    log_q, log_not_q = _log_probabilities(student_logits, multi_label, temperature)
-    if multi_label:
-        return log_p.exp() * (log_p - log_q) + log_not_p.exp() * (log_not_p - log_not_q)
-    return (log_p.exp() * (log_p - log_q)).sum(1, keepdim=True)
-
-
-def reliability(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+def reliability(logits: torch.Tensor, target: torch.Tensor, regions: bool) -> torch.Tensor:
     """The probability a prediction gives to the ground truth, per voxel (per channel for sigmoid)."""
-    if multi_label:
+    if regions:
         p = torch.sigmoid(logits.float())
         y = target.float()
         return y * p + (1 - y) * (1 - p)
@@ -56,7 +36,7 @@ def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def reliability_gated_kl(student_logits: torch.Tensor, peer_logits: torch.Tensor, target: torch.Tensor,
-                         multi_label: bool, temperature: float = 2.0,
+                         regions: bool, temperature: float = 2.0,
                          valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Pixel-level consistency: the student learns from its detached peer where the peer is the
     more reliable of the two against the ground truth.
@@ -68,32 +48,32 @@ def reliability_gated_kl(student_logits: torch.Tensor, peer_logits: torch.Tensor
     """
     peer_logits = peer_logits.detach()
     with torch.no_grad():
-        gate = (reliability(peer_logits, target, multi_label) > reliability(student_logits, target, multi_label))
+        gate = (reliability(peer_logits, target, regions) > reliability(student_logits, target, regions))
         weights = gate.float()
         if valid is not None:
             weights = weights * valid.float()
         count = torch.ones_like(weights) if valid is None else valid.float().expand_as(weights)
-    kl = kl_map(peer_logits, student_logits, multi_label, temperature)
+    kl = kl_divergence(peer_logits, student_logits, regions, temperature)
     return temperature ** 2 * (kl * weights).sum() / count.sum().clamp_min(1)
 
 
-def pixel_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor, target: torch.Tensor, multi_label: bool,
+def pixel_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor, target: torch.Tensor, regions: bool,
                       temperature: float = 2.0, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Both directions: branch a learns from b where b is more reliable, and b from a."""
-    return (reliability_gated_kl(logits_a, logits_b, target, multi_label, temperature, valid)
-            + reliability_gated_kl(logits_b, logits_a, target, multi_label, temperature, valid))
+    return (reliability_gated_kl(logits_a, logits_b, target, regions, temperature, valid)
+            + reliability_gated_kl(logits_b, logits_a, target, regions, temperature, valid))
 
 
-def class_fractions(target: torch.Tensor, multi_label: bool, num_classes: int, size,
+def class_fractions(target: torch.Tensor, regions: bool, num_classes: int, size,
                     valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """How much of each feature-map cell each class covers: (B, K', *size).
 
     Softmax targets give one channel per class (background included). Sigmoid targets give
     background (outside every region) followed by one channel per region.
     """
-    if multi_label:
-        regions = target.float()
-        indicators = torch.cat((1 - regions.amax(1, keepdim=True), regions), 1)
+    if regions:
+        inside = target.float()
+        indicators = torch.cat((1 - inside.amax(1, keepdim=True), inside), 1)
     else:
         indices = target[:, 0].long().clamp(0, num_classes - 1)
         indicators = torch.movedim(F.one_hot(indices, num_classes), -1, 1).float()
@@ -155,9 +135,9 @@ def relation_consistency(features_a: torch.Tensor, features_b: torch.Tensor, fra
     return loss
 
 
-def prior_consistency(logits: torch.Tensor, refined_logits: torch.Tensor, multi_label: bool,
+def prior_consistency(logits: torch.Tensor, refined_logits: torch.Tensor, regions: bool,
                       temperature: float = 1.0, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The branch learns from its detached prior-refined prediction: T^2 * mean_v KL(refined || branch)."""
-    kl = kl_map(refined_logits.detach(), logits, multi_label, temperature)
+    kl = kl_divergence(refined_logits.detach(), logits, regions, temperature)
     weights = torch.ones_like(kl) if valid is None else valid.float().expand_as(kl)
     return temperature ** 2 * _masked_mean(kl, weights)

@@ -11,31 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from nnunet_missingmod.losses.kl import kl_divergence
 
 
-def distillation_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0,
-                    multilabel: bool = False, channel_dim: int = 1) -> torch.Tensor:
-    """T^2 * KL(teacher || student) per voxel at temperature T, summed over channels, averaged over voxels.
+def distillation_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, regions: bool,
+                    temperature: float = 1.0, channel_dim: int = 1) -> torch.Tensor:
+    """T^2 * KL(teacher || student) at temperature T, per sample: mean over voxels.
 
-    ``multilabel=False``: the channels are the classes of one softmax (nnU-Net's label training).
-    ``multilabel=True``: each channel is an independent sigmoid (nnU-Net's region training, BCE +
-    Dice), and the KL is that of the Bernoulli distributions, summed over the regions.
+    ``regions=False``: the categorical KL over the classes (nnU-Net's label training), as the
+    MAG-MS reference (``PixelWiseKLDiv``: summed over classes, mean over voxels).
+    ``regions=True``: the Bernoulli KL of each region's sigmoid (nnU-Net's region training),
+    averaged over the regions as nnU-Net's BCE averages its regions, so that the KL keeps the
+    reference's ratio to the segmentation loss (a sum would weigh it K times).
 
-    Both sides are divided by T (the MAG-MS reference code tempers only the student; the same at
-    the default T = 1). Returns the leading dimensions, e.g. ``(M, B)``.
+    Both sides are divided by T (the reference tempers only the student; the same at its default
+    T = 1). Returns the leading dimensions, e.g. ``(M, B)``.
     """
-    t = teacher_logits.float() / temperature
-    s = student_logits.float() / temperature
-    if multilabel:
-        log_p, log_not_p = F.logsigmoid(t), F.logsigmoid(-t)
-        log_q, log_not_q = F.logsigmoid(s), F.logsigmoid(-s)
-        per_voxel = (log_p.exp() * (log_p - log_q) + log_not_p.exp() * (log_not_p - log_not_q)).sum(channel_dim)
-    else:
-        log_p = F.log_softmax(t, dim=channel_dim)
-        log_q = F.log_softmax(s, dim=channel_dim)
-        per_voxel = (log_p.exp() * (log_p - log_q)).sum(channel_dim)
-    return temperature ** 2 * per_voxel.flatten(channel_dim).mean(-1)
+    kl = kl_divergence(teacher_logits, student_logits, regions, temperature, channel_dim)
+    return temperature ** 2 * kl.flatten(channel_dim).mean(-1)
 
 
 def feature_mse(teacher_features: Sequence[torch.Tensor], student_features: Sequence[torch.Tensor],
