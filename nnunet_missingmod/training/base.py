@@ -3,34 +3,42 @@
 - the modality vocabulary of the dataset, and a clear refusal of one-channel datasets;
 - the masking transform in the training pipeline, after every intensity augmentation, and a data
   loader that hands ``modality_mask`` (and, on request, ``data_unmasked``) to ``train_step``;
-- auxiliary modules (a teacher, a second branch, a discriminator) with their own optimisers:
+- the one training step of every trainer: a method supplies its loss terms (``loss_terms``), the
+  base does the device transfer, autocast, the backward pass through nnU-Net's GradScaler,
+  gradient clipping per parameter group, the optimiser steps and the logging of every term,
+  with each term's share of the step (:mod:`nnunet_missingmod.training.loss_monitor`);
+- auxiliary modules (a teacher, a refinement head, a discriminator) with their own optimisers:
   moved to the device, wrapped for DDP, switched between train and eval with the network,
   stepped by the LR schedule, saved in and restored from nnU-Net's checkpoints;
 - atomic checkpoint writes (a crash while saving never leaves a truncated checkpoint);
 - a training length that tests and demos can shorten through environment variables.
 
 ``self.network`` is always the network that ``nnUNetv2_predict`` deploys: nnU-Net writes it to
-``network_weights``. nnU-Net's train loop is kept; only its hooks are overridden.
+``network_weights``. nnU-Net's train loop is kept; only its hooks and ``train_step`` are
+overridden. What this relies on inside nnU-Net is in :mod:`nnunet_missingmod.training.nnunet_internals`.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch import nn
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_missingmod.masking import ModalityMaskingTransform
 from nnunet_missingmod.modalities import Modalities
-from nnunet_missingmod.training.data_loader import ModalityMaskDataLoader, loaders_of_class
+from nnunet_missingmod.training.data_loader import ModalityMaskDataLoader
+from nnunet_missingmod.training.loss_monitor import CLIPPED_PREFIX, GRADIENT_NORM_PREFIX, LossTermMonitor
+from nnunet_missingmod.training.nnunet_internals import loaders_of_class, masking_position, sgd_with_poly_lr
 
 # Environment variables that shorten training without a trainer variant per length. Meant for
 # tests, demos and benchmarks; every override is written to the training log.
@@ -58,6 +66,7 @@ class Auxiliary:
     optimizer: Optional[torch.optim.Optimizer] = None
     lr_scheduler: Optional[object] = None
     trainable: bool = True
+    clip_gradients: bool = True  # clipped at the trainer's gradient_clip, as nnU-Net clips its network
 
 
 class MissingModalityTrainer(nnUNetTrainer):
@@ -69,6 +78,11 @@ class MissingModalityTrainer(nnUNetTrainer):
         modality_drop_probability: per-modality drop probability in ``"independent"`` mode.
         num_mask_views: masks drawn per sample (pairwise different); the image gets the first.
         keep_unmasked_image: also hand the unmasked image to ``train_step`` (``data_unmasked``).
+        gradient_clip: the norm each parameter group's gradient is clipped to (nnU-Net's 12).
+        loss_monitor_budget: the share of training time spent measuring each loss term's gradient.
+
+    A method trainer defines ``loss_terms(batch)`` (its weighted loss terms; the step minimises
+    their sum) and registers its auxiliary modules in ``initialize``; the step is this class's.
     """
 
     mask_modalities: bool = True
@@ -76,6 +90,8 @@ class MissingModalityTrainer(nnUNetTrainer):
     modality_drop_probability: float = 0.5
     num_mask_views: int = 1
     keep_unmasked_image: bool = False
+    gradient_clip: float = 12.0
+    loss_monitor_budget: float = 0.02
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -87,6 +103,8 @@ class MissingModalityTrainer(nnUNetTrainer):
                 f"dataset {self.plans_manager.dataset_name} has only {list(self.modalities.names)} "
                 f"(dataset.json channel_names). Train it with nnUNetTrainer instead.")
         self.auxiliaries: dict[str, Auxiliary] = {}
+        self.loss_monitor = LossTermMonitor(self.loss_monitor_budget)
+        self.checkpoint_being_loaded: Optional[str] = None
         self._length_overrides = {}
         for variable, attribute in LENGTH_OVERRIDES.items():
             if os.environ.get(variable):
@@ -121,15 +139,8 @@ class MissingModalityTrainer(nnUNetTrainer):
         pipeline = nnUNetTrainer.get_training_transforms(
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
-        if not self.mask_modalities:
-            return pipeline
-        # Right after the last image transform (intensity augmentations, mirroring, the brain mask)
-        # and before the label transforms and the cascade's extra channels.
-        position = next((i for i, t in enumerate(pipeline.transforms) if isinstance(t, RemoveLabelTransform)), None)
-        if position is None:
-            raise RuntimeError("nnU-Net's training pipeline has no RemoveLabelTransform; "
-                               "nnunet_missingmod does not know where to insert modality masking")
-        pipeline.transforms.insert(position, self.build_masking_transform())
+        if self.mask_modalities:
+            pipeline.transforms.insert(masking_position(pipeline), self.build_masking_transform())
         return pipeline
 
     def data_loader_class(self) -> type:
@@ -140,14 +151,25 @@ class MissingModalityTrainer(nnUNetTrainer):
         with loaders_of_class(self.data_loader_class()):
             return super().get_dataloaders()
 
+    # --- optimisation ----------------------------------------------------------------------------
+
+    def sgd(self, parameters):
+        """nnU-Net's optimiser and LR schedule (SGD, Nesterov momentum 0.99, poly decay) for any
+        parameters or parameter groups: the one recipe every network here is trained with."""
+        return sgd_with_poly_lr(parameters, self.initial_lr, self.weight_decay, self.num_epochs)
+
+    def configure_optimizers(self):
+        return self.sgd(self.network.parameters())
+
     # --- auxiliary modules ---------------------------------------------------------------------
 
     def register_auxiliary(self, name: str, module: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                           lr_scheduler=None, trainable: bool = True) -> nn.Module:
+                           lr_scheduler=None, trainable: bool = True, clip_gradients: bool = True) -> nn.Module:
         """Add a module that is checkpointed with the network. Call from ``initialize``.
 
         Build ``optimizer`` over the parameters of the module *before* it is returned wrapped in
-        DDP (the wrapper shares the parameters). Returns the module to use in ``train_step``.
+        DDP (the wrapper shares the parameters). Its gradients are clipped at ``gradient_clip``
+        unless ``clip_gradients`` is False. Returns the module to use in ``loss_terms``.
         """
         if name in self.auxiliaries:
             raise ValueError(f"auxiliary module {name!r} registered twice")
@@ -157,8 +179,84 @@ class MissingModalityTrainer(nnUNetTrainer):
         elif self.is_ddp and any(p.requires_grad for p in module.parameters()):
             device_ids = [self.local_rank] if self.device.type == "cuda" else None  # CPU (gloo) DDP takes none
             module = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=device_ids)
-        self.auxiliaries[name] = Auxiliary(module, optimizer, lr_scheduler, trainable)
+        self.auxiliaries[name] = Auxiliary(module, optimizer, lr_scheduler, trainable, clip_gradients)
         return module
+
+    # --- the training step ---------------------------------------------------------------------
+
+    def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of one step on ``batch`` (already on the device); the step
+        minimises their sum. Here nnU-Net's loss on the network's output, as nnUNetTrainer."""
+        return {"segmentation": self.loss(self.network(batch["data"]), batch["target"])}
+
+    def clip_groups(self) -> dict[str, Iterable[nn.Parameter]]:
+        """Parameter groups whose gradients are clipped separately: the network, as nnU-Net clips it,
+        and every trainable auxiliary that asked to be."""
+        groups = {"network": self.network.parameters()}
+        groups.update({name: aux.module.parameters() for name, aux in self.auxiliaries.items()
+                       if aux.optimizer is not None and aux.clip_gradients})
+        return groups
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer] + [aux.optimizer for aux in self.auxiliaries.values() if aux.optimizer is not None]
+
+    def autocast(self):
+        """nnU-Net's mixed precision: autocast on CUDA, full precision elsewhere."""
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def batch_to_device(self, batch: dict) -> dict:
+        """Every tensor of the batch (and of its lists, such as deep-supervision targets) on the device."""
+        def move(value):
+            if isinstance(value, torch.Tensor):
+                return value.to(self.device, non_blocking=True)
+            if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+                return [v.to(self.device, non_blocking=True) for v in value]
+            return value
+        return {key: move(value) for key, value in batch.items()}
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step for any sum of loss terms and any number of optimisers: one backward pass
+        (through nnU-Net's GradScaler on CUDA), every group clipped, every optimiser stepped."""
+        start = time.perf_counter()
+        batch = self.batch_to_device(batch)
+        optimizers = self.optimizers()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            terms = self.loss_terms(batch)
+        if "loss" in terms:
+            raise ValueError(f"{type(self).__name__}.loss_terms returned a term named 'loss'; that name is the sum's")
+        loss = sum(terms.values())
+
+        scaler, sample = self.grad_scaler, self.loss_monitor.sample_due
+        (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=sample)
+        if scaler is not None:
+            for optimizer in optimizers:
+                scaler.unscale_(optimizer)
+        sampling = time.perf_counter()
+        if sample:
+            self.loss_monitor.sample(terms, self.network.parameters(), 1.0 if scaler is None else scaler.get_scale())
+        sampling = time.perf_counter() - sampling
+        norms = {name: torch.nn.utils.clip_grad_norm_(parameters, self.gradient_clip)
+                 for name, parameters in self.clip_groups().items()}
+        for optimizer in optimizers:
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+        if scaler is not None:
+            scaler.update()
+
+        names = list(terms) + list(norms)
+        values = torch.stack([v.detach().float() for v in (*terms.values(), *norms.values())]).cpu().tolist()
+        result = {"loss": loss.detach().cpu().numpy(), **dict(zip(terms, values[:len(terms)]))}
+        for name, norm in zip(names[len(terms):], values[len(terms):]):
+            result[GRADIENT_NORM_PREFIX + name] = norm
+            result[CLIPPED_PREFIX + name] = float(norm > self.gradient_clip)
+        self.loss_monitor.add_training_time(time.perf_counter() - start - sampling)
+        return result
+
+    # --- epochs --------------------------------------------------------------------------------
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -167,20 +265,26 @@ class MissingModalityTrainer(nnUNetTrainer):
                 aux.module.train()
             if aux.lr_scheduler is not None:
                 aux.lr_scheduler.step(self.current_epoch)
+        due = [self.loss_monitor.start_epoch()]
+        if self.is_ddp:  # every rank samples the same step, or none does
+            dist.broadcast_object_list(due, src=0)
+            self.loss_monitor.sample_due = due[0]
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
-        """nnU-Net logs ``loss``; the epoch means of any other scalar ``train_step`` returns (the
-        terms of a composite loss) go to the training log, averaged over DDP ranks."""
+        """nnU-Net logs ``loss``; the epoch means of every term, the clip rates and the sampled
+        gradient shares go to the training log and loss_terms.png, averaged over DDP ranks."""
         super().on_train_epoch_end(train_outputs)
-        terms = [k for k in train_outputs[0] if k != "loss" and np.isscalar(train_outputs[0][k])]
-        if not terms:
-            return
-        means = np.array([np.mean([float(o[k]) for o in train_outputs]) for k in terms])
+        keys = [k for k in train_outputs[0] if k != "loss" and np.isscalar(train_outputs[0][k])]
+        means = np.array([np.mean([float(o[k]) for o in train_outputs]) for k in keys])
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, means)
             means = np.mean(gathered, axis=0)
-        self.print_to_log_file("loss terms: " + ", ".join(f"{k} {v:.4f}" for k, v in zip(terms, means)))
+        record = self.loss_monitor.end_epoch(self.current_epoch, dict(zip(keys, means.tolist())), self.gradient_clip)
+        for line in self.loss_monitor.log_lines(record):
+            self.print_to_log_file(line)
+        if self.local_rank == 0:
+            self.loss_monitor.plot(os.path.join(self.output_folder, "loss_terms.png"))
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
@@ -194,24 +298,33 @@ class MissingModalityTrainer(nnUNetTrainer):
             return super().save_checkpoint(filename)
         partial = filename + ".partial"
         super().save_checkpoint(partial)
-        if self.auxiliaries:
-            checkpoint = torch.load(partial, map_location="cpu", weights_only=False)
-            checkpoint["auxiliaries"] = {
-                name: {
-                    "weights": unwrap(aux.module).state_dict(),
-                    "optimizer_state": aux.optimizer.state_dict() if aux.optimizer is not None else None,
-                } for name, aux in self.auxiliaries.items()}
-            torch.save(checkpoint, partial)
+        checkpoint = torch.load(partial, map_location="cpu", weights_only=False)
+        checkpoint["auxiliaries"] = {
+            name: {
+                "weights": unwrap(aux.module).state_dict(),
+                "optimizer_state": aux.optimizer.state_dict() if aux.optimizer is not None else None,
+            } for name, aux in self.auxiliaries.items()}
+        checkpoint["loss_terms"] = self.loss_monitor.state_dict()
+        torch.save(checkpoint, partial)
         os.replace(partial, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's, then the auxiliaries and the loss-term history. ``initialize`` runs first, with
+        ``self.checkpoint_being_loaded`` set, so that a trainer can build what the checkpoint holds."""
         if not isinstance(filename_or_checkpoint, str):
             # nnU-Net 2.8.1's load_checkpoint only accepts a path (a dict raises UnboundLocalError).
             raise TypeError("load_checkpoint expects the path of a checkpoint file")
+        self.checkpoint_being_loaded = filename_or_checkpoint
+        try:
+            if not self.was_initialized:
+                self.initialize()
+        finally:
+            self.checkpoint_being_loaded = None
         super().load_checkpoint(filename_or_checkpoint)
-        if not self.auxiliaries:
-            return
-        saved = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False).get("auxiliaries", {})
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        if "loss_terms" in checkpoint:
+            self.loss_monitor.load_state_dict(checkpoint["loss_terms"])
+        saved = checkpoint.get("auxiliaries", {})
         for name, aux in self.auxiliaries.items():
             if name not in saved:
                 raise KeyError(f"checkpoint {filename_or_checkpoint} holds no auxiliary module {name!r} "

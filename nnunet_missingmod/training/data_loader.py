@@ -6,12 +6,11 @@ recorder that keeps the other keys (the modality mask, the unmasked image) per s
 them, stacked, to the batch the parent returns.
 
 nnU-Net constructs its loaders inside ``nnUNetTrainer.get_dataloaders`` with no factory hook;
-:func:`loaders_of_class` substitutes this class for the duration of that one call.
+:func:`nnunet_missingmod.training.nnunet_internals.loaders_of_class` substitutes this class for
+the duration of that one call.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
@@ -53,18 +52,3 @@ class ModalityMaskDataLoader(nnUNetDataLoader):
         for key, samples in self.transforms.records.items():
             batch[BATCH_KEYS[key]] = torch.stack(samples)
         return batch
-
-
-@contextlib.contextmanager
-def loaders_of_class(loader_class: type):
-    """Make ``nnUNetTrainer.get_dataloaders`` build ``loader_class`` loaders inside this block."""
-    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
-
-    if not issubclass(loader_class, nnUNetDataLoader):
-        raise TypeError(f"{loader_class} is not an nnUNetDataLoader")
-    original = trainer_module.nnUNetDataLoader
-    trainer_module.nnUNetDataLoader = loader_class
-    try:
-        yield
-    finally:
-        trainer_module.nnUNetDataLoader = original
