@@ -21,27 +21,17 @@ needs every parameter in every step's graph), and the forward returns a
 
 from __future__ import annotations
 
-import pydoc
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
-from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
-from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 from nnunet_missingmod.modalities import available_modalities
 
-# The nnU-Net architectures this network is built from, and the encoder each of them uses.
-ENCODER_OF_ARCHITECTURE: dict[type, type] = {
-    PlainConvUNet: PlainConvEncoder,
-    ResidualEncoderUNet: ResidualEncoder,
-}
-# Plans arguments that belong to the decoder, not the encoder.
-DECODER_ARGUMENTS = ("n_conv_per_stage_decoder", "deep_supervision")
 # What UNetDecoder reads from the encoder it is built for.
 ENCODER_GEOMETRY = ("output_channels", "strides", "kernel_sizes", "conv_op", "conv_bias", "norm_op",
                     "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs")
@@ -57,6 +47,8 @@ class FusionTrainingOutput(NamedTuple):
     ``fused_features`` / ``single_features``: per encoder level, the fused projected features
     ``(B, C_l, ...)`` and each modality's ``(M, B, C_l, ...)``.
     ``present``: ``(B, M)`` bool, the modalities the fusion averaged over.
+    ``single_paths``: ``None`` when every modality was decoded; otherwise ``(B,)``, the one
+    modality decoded per sample, and ``single`` is ``(1, B, C, ...)``: that modality's output.
     """
 
     fused: Output
@@ -64,6 +56,7 @@ class FusionTrainingOutput(NamedTuple):
     fused_features: list[torch.Tensor]
     single_features: list[torch.Tensor]
     present: torch.Tensor
+    single_paths: torch.Tensor | None = None
 
 
 class ModalityFusionUNet(nn.Module):
@@ -90,40 +83,39 @@ class ModalityFusionUNet(nn.Module):
     @classmethod
     def from_plans(cls, arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
                    num_modalities: int, num_classes: int, deep_supervision: bool = True) -> ModalityFusionUNet:
-        """From a plans configuration's ``architecture``, as nnU-Net's ``get_network_from_plans``.
+        """From a plans configuration's ``architecture``, through nnU-Net's ``get_network_from_plans``.
 
-        Initialised with the architecture's own ``initialize`` (He init; for ResEnc also the
-        residual blocks' last norm set to zero).
+        Each encoder is that of the plans' network built for one input channel (and initialised by
+        it); the projections and the shared decoder get the architecture's own ``initialize``.
+        Architectures whose decoder is nnU-Net's ``UNetDecoder`` are supported (PlainConvUNet,
+        ResidualEncoderUNet).
         """
-        architecture = pydoc.locate(arch_class_name)
-        encoder_class = next((e for a, e in ENCODER_OF_ARCHITECTURE.items()
-                              if isinstance(architecture, type) and issubclass(architecture, a)), None)
-        if encoder_class is None:
-            supported = ", ".join(f"{a.__module__}.{a.__name__}" for a in ENCODER_OF_ARCHITECTURE)
-            raise ValueError(f"cannot build per-modality encoders for architecture {arch_class_name}; "
-                             f"supported: {supported}")
-        kwargs = dict(arch_kwargs)
-        for key in arch_kwargs_req_import:
-            if kwargs.get(key) is not None:
-                kwargs[key] = pydoc.locate(kwargs[key])
-        encoder_kwargs = {k: v for k, v in kwargs.items() if k not in DECODER_ARGUMENTS}
-        encoders = [encoder_class(input_channels=1, **encoder_kwargs, return_skips=True)
-                    for _ in range(num_modalities)]
-        decoder = shared_decoder(encoders[0], num_classes, kwargs["n_conv_per_stage_decoder"], deep_supervision,
-                                 nonlin_first=kwargs.get("nonlin_first", False))
+        templates = [get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, 1, num_classes,
+                                            allow_init=True, deep_supervision=deep_supervision)
+                     for _ in range(num_modalities)]
+        if not all(type(getattr(t, "decoder", None)) is UNetDecoder for t in templates):
+            raise ValueError(f"cannot build per-modality encoders for architecture {arch_class_name}: MAG-MS needs "
+                             f"an encoder-decoder U-Net with nnU-Net's UNetDecoder (PlainConvUNet, "
+                             f"ResidualEncoderUNet)")
+        encoders = [t.encoder for t in templates]
+        decoder = shared_decoder(encoders[0], num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
+                                 nonlin_first=arch_kwargs.get("nonlin_first", False))
         network = cls(encoders, decoder)
-        network.apply(architecture.initialize)
+        network.projections.apply(templates[0].initialize)
+        network.decoder.apply(templates[0].initialize)
         return network
 
     # --- forward -------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> Output | FusionTrainingOutput:
+    def forward(self, x: torch.Tensor, single_paths: torch.Tensor | None = None) -> Output | FusionTrainingOutput:
+        """``single_paths`` (training only): ``(B,)`` modality indices, to decode one single-modality
+        path per sample instead of all of them (1 + 1 decoder passes instead of 1 + M)."""
         if x.shape[1] != self.num_modalities:
             raise ValueError(f"input has {x.shape[1]} channels, the network has {self.num_modalities} "
                              f"modality encoders")
         present = available_modalities(x)
         if self.training:
-            return self._forward_training(x, present)
+            return self._forward_training(x, present, single_paths)
         run = present.any(0).tolist()
         features = [self.encode(m, x) if run[m] else None for m in range(self.num_modalities)]
         return self.decoder(fuse(features, present))
@@ -133,23 +125,29 @@ class ModalityFusionUNet(nn.Module):
         skips = self.encoders[modality](x[:, modality:modality + 1])
         return [projection(s) for projection, s in zip(self.projections[modality], skips, strict=True)]
 
-    def _forward_training(self, x: torch.Tensor, present: torch.Tensor) -> FusionTrainingOutput:
+    def _forward_training(self, x: torch.Tensor, present: torch.Tensor,
+                          single_paths: torch.Tensor | None) -> FusionTrainingOutput:
         batch, num_modalities = x.shape[0], self.num_modalities
         features = [self.encode(m, x) for m in range(num_modalities)]
         fused = fuse(features, present)
-        # One decoder call on [fused; modality 1; ...; modality M] stacked along the batch: the
-        # decoder's convolutions see a (1 + M) x larger batch instead of running 1 + M times.
-        # Exact with nnU-Net's instance norm; batch norm would pool statistics across the paths.
-        skips = [torch.cat([f, *(single[level] for single in features)]) for level, f in enumerate(fused)]
+        single = [torch.stack([f[level] for f in features]) for level in range(len(fused))]  # (M, B, ...)
+        if single_paths is None:
+            decoded = single
+        else:
+            samples = torch.arange(batch, device=x.device)
+            decoded = [s[single_paths, samples].unsqueeze(0) for s in single]  # (1, B, ...)
+        paths = 1 + decoded[0].shape[0]
+        # One decoder call on [fused; path 1; ...] stacked along the batch: the decoder's
+        # convolutions see a larger batch instead of running once per path. Exact with nnU-Net's
+        # instance norm; batch norm would pool statistics across the paths.
+        skips = [torch.cat([f, d.flatten(0, 1)]) for f, d in zip(fused, decoded)]
         output = self.decoder(skips)
-        by_path = [o.unflatten(0, (1 + num_modalities, batch)) for o in _as_list(output)]
-        by_level = [s.unflatten(0, (1 + num_modalities, batch)) for s in skips]
+        by_path = [o.unflatten(0, (paths, batch)) for o in _as_list(output)]
         fused_output = [o[0] for o in by_path]
         single_output = [o[1:] for o in by_path]
         if not isinstance(output, list):
             fused_output, single_output = fused_output[0], single_output[0]
-        return FusionTrainingOutput(fused_output, single_output, [s[0] for s in by_level],
-                                    [s[1:] for s in by_level], present)
+        return FusionTrainingOutput(fused_output, single_output, fused, single, present, single_paths)
 
 
 def fuse(features: Sequence[Sequence[torch.Tensor] | None], present: torch.Tensor) -> list[torch.Tensor]:

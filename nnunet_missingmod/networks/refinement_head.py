@@ -13,23 +13,23 @@ configurations alike; only its width and depth are its own.
 
 from __future__ import annotations
 
-import pydoc
 from typing import Sequence
 
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 
 def plans_building_blocks(configuration_manager) -> dict:
-    """The layer types and per-stage kernel sizes/strides of a configuration's network."""
-    kwargs = dict(configuration_manager.network_arch_init_kwargs)
-    for key in configuration_manager.network_arch_init_kwargs_req_import:
-        if kwargs.get(key) is not None:
-            kwargs[key] = pydoc.locate(kwargs[key])
-    return {key: kwargs.get(key) for key in ("conv_op", "norm_op", "norm_op_kwargs", "dropout_op",
-                                              "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "kernel_sizes",
-                                              "strides")}
+    """The layer types and per-stage kernel sizes/strides of a configuration's network, read off the
+    encoder nnU-Net builds from the plans."""
+    encoder = get_network_from_plans(
+        configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import, 1, 1, allow_init=False).encoder
+    return {key: getattr(encoder, key) for key in ("conv_op", "norm_op", "norm_op_kwargs", "dropout_op",
+                                                    "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "kernel_sizes",
+                                                    "strides")}
 
 
 class RefinementHead(nn.Module):

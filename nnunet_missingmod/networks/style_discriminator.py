@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence, Type
 
 import torch
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 
@@ -28,10 +29,7 @@ class StyleDiscriminator(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, 1)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(module.weight, a=negative_slope)
-                nn.init.zeros_(module.bias)
+        self.features.apply(InitWeights_He(negative_slope))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(features).flatten(2).mean(-1)).squeeze(1)

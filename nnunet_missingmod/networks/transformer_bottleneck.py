@@ -22,6 +22,7 @@ from typing import NamedTuple, Optional, Sequence, Type
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 
@@ -139,11 +140,8 @@ class MultiScaleTransformerBottleneck(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                # as nnU-Net initialises its convolutions (InitWeights_He)
-                nn.init.kaiming_normal_(module.weight, a=(nonlin_kwargs or {}).get("negative_slope", 1e-2))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        # convolutions as nnU-Net initialises them
+        self.apply(InitWeights_He((nonlin_kwargs or {}).get("negative_slope", 1e-2)))
 
     @property
     def num_tokens(self) -> int:

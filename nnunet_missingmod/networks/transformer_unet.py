@@ -21,6 +21,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
@@ -64,11 +65,7 @@ class TransformerBottleneckUNet(nn.Module):
             fusion_convs, encoder.conv_op, channels, channels, encoder.kernel_sizes[-1], 1, encoder.conv_bias,
             encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op, encoder.dropout_op_kwargs,
             encoder.nonlin, encoder.nonlin_kwargs)
-        for module in self.fusion.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(module.weight, a=(encoder.nonlin_kwargs or {}).get("negative_slope", 1e-2))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        self.fusion.apply(InitWeights_He((encoder.nonlin_kwargs or {}).get("negative_slope", 1e-2)))
 
     @classmethod
     def from_plans(cls, configuration_manager, num_input_channels: int, num_output_channels: int,

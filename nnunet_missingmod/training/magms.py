@@ -10,14 +10,15 @@ single-modality path (KL on the predictions, MSE on the features). See docs/magm
 from __future__ import annotations
 
 import torch
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
 from nnunet_missingmod.losses.self_distillation import distillation_kl, feature_mse
+from nnunet_missingmod.modalities import available_modalities
 from nnunet_missingmod.networks.modality_fusion_unet import FusionTrainingOutput, ModalityFusionUNet
 from nnunet_missingmod.training.base import MissingModalityTrainer
+from nnunet_missingmod.training.nnunet_internals import segmentation_loss
 
-__all__ = ["MAGMSTrainer", "MAGMSTrainerMasked", "MAGMSTrainerNoDistillation"]
+__all__ = ["MAGMSTrainer", "MAGMSTrainerMasked", "MAGMSTrainerNoDistillation", "MAGMSTrainerDetachedTarget",
+           "MAGMSTrainerSampledPath"]
 
 Output = torch.Tensor | list[torch.Tensor]
 
@@ -25,15 +26,21 @@ Output = torch.Tensor | list[torch.Tensor]
 class MAGMSTrainer(MissingModalityTrainer):
     """MAG-MS on nnU-Net. ``network_weights`` is the fusion network; ``nnUNetv2_predict`` runs it.
 
-    Loss (defaults as the paper and its reference code)::
+    Loss (the reference code's terms and weights)::
 
-        L = seg(fused) + single_segmentation_weight * sum_m seg(single_m)
-            + lambda * sum_m T^2 KL(fused || single_m)       (full-resolution output, per voxel)
-            + gamma  * sum_m MSE(features_m, fused features)  (every encoder level, after projection)
+        L = [ seg(fused) + single_segmentation_weight * sum_m seg(single_m)
+              + lambda * sum_m T^2 KL(fused || single_m)        (full-resolution output, per voxel)
+              + gamma  * sum_m MSE(features_m, fused features) ] / (1 + M)
 
     ``seg`` is nnU-Net's deep-supervised loss (DC+CE, or BCE+Dice for region datasets, where the
-    KL is the Bernoulli KL of each region's sigmoid). A single-modality output counts only for the
-    samples in which its modality is present.
+    KL is the Bernoulli KL of each region's sigmoid, averaged over the regions as nnU-Net's BCE
+    averages them). A single-modality output counts only for the samples in which its modality is
+    present.
+
+    The division by the 1 + M paths (``normalise_by_paths``) is this port's: the reference trains
+    with Adam, which is blind to a constant factor on the loss, so the sum over paths is harmless
+    there; under nnU-Net's SGD it would make the shared decoder's step (1 + M) times nnU-Net's.
+    Dividing keeps every ratio between the terms the reference's.
 
     Class attributes (override in a subclass):
         self_distillation_weight: lambda, the weight of the KL term.
@@ -42,6 +49,10 @@ class MAGMSTrainer(MissingModalityTrainer):
         single_segmentation_weight: weight of the single-modality segmentation losses.
         detach_fused_target: stop gradients into the fused side of KL and MSE (the reference
             code does not).
+        normalise_by_paths: divide the loss by 1 + M (see above).
+        sample_single_path: decode one present modality per sample instead of all M; the
+            single-modality segmentation and KL of that path are scaled by the sample's number of
+            present modalities (an unbiased estimate of their sum), the feature MSE stays exact.
         mask_modalities: randomly zero modalities in training (the paper trains with all).
     """
 
@@ -51,6 +62,8 @@ class MAGMSTrainer(MissingModalityTrainer):
     temperature: float = 1.0
     single_segmentation_weight: float = 1.0
     detach_fused_target: bool = False
+    normalise_by_paths: bool = True
+    sample_single_path: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -70,77 +83,68 @@ class MAGMSTrainer(MissingModalityTrainer):
 
     def initialize(self):
         super().initialize()
-        self.single_modality_loss = self._build_single_modality_loss()
-
-    def _build_single_modality_loss(self):
-        """nnU-Net's loss, for outputs scored on the sub-batch of samples that have the modality.
-
-        Under DDP, nnU-Net's batch Dice all-gathers per-sample statistics, which needs the same
-        batch on every rank; sub-batches differ between ranks, so here the Dice statistics are
-        pooled over this process's samples only (without DDP the loss is nnU-Net's own).
-        """
-        if not self.is_ddp:
-            return self.loss
-        self.is_ddp = False
-        try:
-            return self._build_loss()
-        finally:
-            self.is_ddp = True
+        # Single-modality outputs are scored on the sub-batch that has the modality. Under DDP,
+        # nnU-Net pools batch-Dice statistics over the ranks, which needs the same batch on every
+        # rank; sub-batches differ, so this loss pools over this process's samples only.
+        self.single_modality_loss = segmentation_loss(self, ddp=False) if self.is_ddp else self.loss
 
     def on_train_start(self):
         super().on_train_start()
         self.print_to_log_file(
             f"MAG-MS: lambda (self_distillation_weight) {self.self_distillation_weight}, gamma "
             f"(feature_distillation_weight) {self.feature_distillation_weight}, T {self.temperature}, single-modality "
-            f"segmentation weight {self.single_segmentation_weight}, fused target detached: {self.detach_fused_target}")
+            f"segmentation weight {self.single_segmentation_weight}, fused target detached: {self.detach_fused_target}, "
+            f"loss divided by 1 + M: {self.normalise_by_paths}, one single path decoded per sample: "
+            f"{self.sample_single_path}")
 
     # --- training ------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
-
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(data)
-            terms = self.compute_loss(output, target)
-            loss = sum(terms.values())
-
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+    def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        data = batch["data"]
+        if self.sample_single_path:
+            output = self.network(data, single_paths=self.draw_single_paths(data))
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy(), **{k: float(v.detach()) for k, v in terms.items()}}
+            output = self.network(data)
+        return self.compute_loss(output, batch["target"])
+
+    def draw_single_paths(self, data: torch.Tensor) -> torch.Tensor:
+        """Per sample, one of its present modalities, uniformly."""
+        present = available_modalities(data)
+        return torch.multinomial(present.float(), 1).squeeze(1)
 
     def compute_loss(self, output: FusionTrainingOutput, target: Output) -> dict[str, torch.Tensor]:
         """The weighted loss terms of one training forward; the training loss is their sum."""
         present = output.present
         weights = present.t().float()  # (M, B): which (modality, sample) pairs count
+        num_paths = 1 + present.shape[1]
         terms = {"segmentation_fused": self.loss(output.fused, target)}
+        single = output.single
+        if output.single_paths is not None:
+            # one decoded path per sample stands for the sum over the sample's present modalities
+            single_weights = present.sum(1).float().unsqueeze(0)  # (1, B)
+            single_present = torch.ones_like(present[:, :1])
+        else:
+            single_weights, single_present = weights, present
         if self.single_segmentation_weight:
-            terms["segmentation_single"] = self.single_segmentation_weight * self.single_modality_segmentation(
-                output.single, target, present)
+            segmentation = self.single_modality_segmentation(single, target, single_present)
+            if output.single_paths is not None:
+                segmentation = segmentation * single_weights.mean()
+            terms["segmentation_single"] = self.single_segmentation_weight * segmentation
         if self.self_distillation_weight:
-            teacher, student = _full_resolution(output.fused), _full_resolution(output.single)
+            teacher, student = _full_resolution(output.fused), _full_resolution(single)
             if self.detach_fused_target:
                 teacher = teacher.detach()
-            kl = distillation_kl(teacher.unsqueeze(0), student, self.temperature,
-                                 multilabel=self.label_manager.has_regions, channel_dim=2)
-            terms["self_distillation"] = self.self_distillation_weight * _sum_over_present(kl, weights)
+            kl = distillation_kl(teacher.unsqueeze(0), student, self.label_manager.has_regions, self.temperature,
+                                 channel_dim=2)
+            terms["self_distillation"] = self.self_distillation_weight * _sum_over_present(kl, single_weights)
         if self.feature_distillation_weight:
             teacher = [f.unsqueeze(0) for f in output.fused_features]
             if self.detach_fused_target:
                 teacher = [f.detach() for f in teacher]
             mse = feature_mse(teacher, output.single_features, channel_dim=2)
             terms["feature_distillation"] = self.feature_distillation_weight * _sum_over_present(mse, weights)
+        if self.normalise_by_paths:
+            terms = {name: value / num_paths for name, value in terms.items()}
         return terms
 
     def single_modality_segmentation(self, single: Output, target: Output, present: torch.Tensor) -> torch.Tensor:
@@ -172,6 +176,20 @@ class MAGMSTrainerNoDistillation(MAGMSTrainer):
 
     self_distillation_weight = 0.0
     feature_distillation_weight = 0.0
+
+
+class MAGMSTrainerDetachedTarget(MAGMSTrainer):
+    """The ablation whose fused output and features are detached as the distillation targets: the
+    KL and feature terms move the single-modality paths only, never the fused path."""
+
+    detach_fused_target = True
+
+
+class MAGMSTrainerSampledPath(MAGMSTrainer):
+    """MAG-MS at about half the cost: per sample the fused path and one randomly chosen present
+    modality's path are decoded (2 decoder passes instead of 1 + M); same objective in expectation."""
+
+    sample_single_path = True
 
 
 def _full_resolution(output: Output) -> torch.Tensor:

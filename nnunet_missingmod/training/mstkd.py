@@ -12,11 +12,19 @@ segmentation loss plus, from the teacher:
   style discriminator trained beside the networks.
 
 Teacher modes: ``MSTKDTrainer`` trains the teacher jointly from scratch (its own nnU-Net
-optimiser and schedule, segmentation weight 0.4), as MST-KDNet's code does;
+optimiser and schedule), as MST-KDNet's code does;
 ``MSTKDFrozenTeacherTrainer`` loads a trained full-modality model named by the environment variable
 ``nnUNet_missingmod_teacher`` and keeps it fixed (one forward per step).
 ``self.network`` is the student: nnU-Net saves it as ``network_weights`` and ``nnUNetv2_predict``
 runs it. See docs/mstkd.md.
+
+Loss weights under nnU-Net's SGD. MST-KDNet trains with Adam, which is blind to a constant factor
+on a loss; under SGD a factor is a learning-rate change. The code's 0.4 on the teacher's
+segmentation (the only term that trains a detached teacher) would train it at 0.4 times nnU-Net's
+rate, and its 0.6 on the student's at 0.6 times. So both segmentation weights are 1 and every
+distillation weight is the code's divided by 0.6, which keeps the code's ratio of each
+distillation term to the student's segmentation. ``MSTKDTrainerOfficialWeights`` keeps the code's
+numbers (and its schedule: only the probability MSE ramped up) for comparison.
 """
 
 from __future__ import annotations
@@ -25,9 +33,7 @@ import os
 from typing import Optional
 
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import nn
 
 from nnunet_missingmod.losses.attention_distillation import extreme_value_attention_loss, multiscale_feature_loss
 from nnunet_missingmod.losses.logit_distillation import logit_kl, probability_mse, sigmoid_rampup
@@ -39,10 +45,15 @@ from nnunet_missingmod.training.mstkd_teacher import (TEACHER_VARIABLE, FrozenTe
                                                       recipe_from_student_checkpoint, recipe_mismatches,
                                                       resolve_teacher_checkpoint)
 
-__all__ = ["MSTKDTrainer", "MSTKDFrozenTeacherTrainer", "MSTKDTeacherTrainer", "MSTKDTrainerNoTransformerKD",
-           "MSTKDTrainerNoLogitKD", "MSTKDTrainerNoStyleMatching"]
+__all__ = ["MSTKDTrainer", "MSTKDFrozenTeacherTrainer", "MSTKDTeacherTrainer", "MSTKDTrainerOfficialWeights",
+           "MSTKDTrainerNoTransformerKD", "MSTKDTrainerNoLogitKD", "MSTKDTrainerNoStyleMatching"]
 
-GRADIENT_CLIP = 12  # nnU-Net's
+# MST-KDNet's code: L = 0.4 seg(teacher) + 0.6 seg(student) + distillation terms, under Adam.
+OFFICIAL_STUDENT_SEGMENTATION_WEIGHT = 0.6
+OFFICIAL_TEACHER_SEGMENTATION_WEIGHT = 0.4
+OFFICIAL_DISTILLATION_WEIGHTS = {"kl": 1.0, "probability_mse": 10.0, "attention": 1e8 / 120 ** 4,
+                                 "multiscale_features": 0.2, "gram": 1.0, "adversarial": 2e-4}
+DISTILLATION_TERMS = tuple(OFFICIAL_DISTILLATION_WEIGHTS)
 
 
 def highest_resolution(output):
@@ -82,6 +93,11 @@ class TransformerBottleneckArchitecture:
             distilled_depths=cls.distilled_depths)
 
 
+def _calibrated(term: str) -> float:
+    """The code's weight of a distillation term relative to the student's segmentation weight."""
+    return OFFICIAL_DISTILLATION_WEIGHTS[term] / OFFICIAL_STUDENT_SEGMENTATION_WEIGHT
+
+
 class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
     """MST-KDNet with a jointly trained teacher. Loss weights are class attributes; 0 switches a term off.
 
@@ -90,15 +106,20 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
             (a trained model from ``nnUNet_missingmod_teacher``, fixed).
         detach_teacher: distillation terms move the student only (the paper's teacher -> student
             direction). False lets them pull the joint teacher too, as MST-KDNet's code does.
-        teacher_segmentation_weight, student_segmentation_weight: nnU-Net's deep-supervised loss.
-        attention_weight: extreme-value attention distillation (in token-count-free units;
-            1e8 / 120**4 is the paper's 1e8 at its 120 tokens).
+        teacher_segmentation_weight, student_segmentation_weight: nnU-Net's deep-supervised loss;
+            1 trains each network at nnU-Net's learning rate.
+        attention_weight: extreme-value attention distillation (in token-count-free units; the
+            code's 1e8 at its 120 tokens is 1e8 / 120**4, here divided by 0.6 as every distillation weight).
         multiscale_feature_weight: MSE on the multi-scale transformer features.
-        kl_weight, kl_temperature: logit KL (standardised for >= 3 softmax classes).
-        probability_mse_weight, probability_mse_rampup: MSE between probabilities, its weight ramped
-            up (sigmoid) over this fraction of the epochs (the paper: 20 of 100 epochs).
+        kl_weight, kl_temperature: standardised logit KL.
+        kl_standardize: standardise the logits before the KL (the official code does; False gives
+            the plain temperature KL this port used before, kept to measure what it did).
+        probability_mse_weight: MSE between probabilities.
         gram_weight: cross-layer Gram matching of the bottleneck features.
         adversarial_weight: the student's adversarial style term; 0 also removes the discriminator.
+        distillation_rampup, ramped_terms: these terms' weights ramp up (sigmoid) over this fraction
+            of the epochs (the code: 20 of 100 epochs), so that the student does not copy an
+            untrained joint teacher at full weight.
         discriminator_lr, discriminator_betas: the discriminator's Adam, kept for the whole run.
     """
 
@@ -106,16 +127,18 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
 
     teacher_mode: str = "joint"
     detach_teacher: bool = True
-    teacher_segmentation_weight: float = 0.4
-    student_segmentation_weight: float = 0.6
-    attention_weight: float = 1e8 / 120 ** 4
-    multiscale_feature_weight: float = 0.2
-    kl_weight: float = 1.0
+    teacher_segmentation_weight: float = 1.0
+    student_segmentation_weight: float = 1.0
+    attention_weight: float = _calibrated("attention")
+    multiscale_feature_weight: float = _calibrated("multiscale_features")
+    kl_weight: float = _calibrated("kl")
     kl_temperature: float = 7.0
-    probability_mse_weight: float = 10.0
-    probability_mse_rampup: float = 0.2
-    gram_weight: float = 1.0
-    adversarial_weight: float = 2e-4
+    kl_standardize: bool = True
+    probability_mse_weight: float = _calibrated("probability_mse")
+    gram_weight: float = _calibrated("gram")
+    adversarial_weight: float = _calibrated("adversarial")
+    distillation_rampup: float = 0.2
+    ramped_terms: tuple = DISTILLATION_TERMS
     discriminator_lr: float = 1e-4
     discriminator_betas: tuple = (0.9, 0.99)
 
@@ -133,7 +156,6 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
         self.discriminator: Optional[nn.Module] = None
         self.discriminator_optimizer: Optional[torch.optim.Optimizer] = None
         self.teacher_provides_features = False
-        self._checkpoint_being_loaded: Optional[str] = None
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -148,7 +170,9 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
             critic = StyleDiscriminator(student.encoder.output_channels[-1], student.encoder.conv_op)
             self.discriminator_optimizer = torch.optim.Adam(critic.parameters(), self.discriminator_lr,
                                                             betas=self.discriminator_betas)
-            self.discriminator = self.register_auxiliary("discriminator", critic, self.discriminator_optimizer)
+            # not clipped: MST-KDNet's discriminator is not, and its Adam step is bounded anyway
+            self.discriminator = self.register_auxiliary("discriminator", critic, self.discriminator_optimizer,
+                                                         clip_gradients=False)
 
     def _initialize_joint_teacher(self) -> None:
         teacher = self.build_network_architecture(
@@ -157,16 +181,14 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
         if self._do_i_compile():
             teacher.compile()  # compiles forward in place; parameter names (and checkpoints) are unchanged
         # the teacher gets nnU-Net's own optimiser and schedule, like the student
-        self.teacher_optimizer = torch.optim.SGD(teacher.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                                 momentum=0.99, nesterov=True)
-        schedule = PolyLRScheduler(self.teacher_optimizer, self.initial_lr, self.num_epochs)
+        self.teacher_optimizer, schedule = self.sgd(teacher.parameters())
         self.teacher = self.register_auxiliary("teacher", teacher, self.teacher_optimizer, schedule)
         self.teacher_provides_features = True
 
     def _initialize_frozen_teacher(self) -> None:
         weights, recipe = None, None
-        if self._checkpoint_being_loaded is not None:  # resuming: the teacher saved with the student
-            recipe = recipe_from_student_checkpoint(self._checkpoint_being_loaded)
+        if self.checkpoint_being_loaded is not None:  # resuming: the teacher saved with the student
+            recipe = recipe_from_student_checkpoint(self.checkpoint_being_loaded)
         if recipe is None:
             value = os.environ.get(TEACHER_VARIABLE)
             if not value:
@@ -192,15 +214,6 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
             network.compile()
         self.teacher = self.register_auxiliary("teacher", teacher, trainable=False)
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        # initialize() runs inside nnU-Net's load_checkpoint: let a frozen teacher be rebuilt from the
-        # checkpoint being resumed rather than from the environment
-        self._checkpoint_being_loaded = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else None
-        try:
-            super().load_checkpoint(filename_or_checkpoint)
-        finally:
-            self._checkpoint_being_loaded = None
-
     def on_train_start(self):
         super().on_train_start()
         if self.teacher_mode == "joint":
@@ -211,23 +224,26 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
             if not self.teacher_provides_features:
                 teacher += ("; it has no transformer bottleneck, so only the segmentation and logit terms apply "
                             "(train the teacher with MSTKDTeacherTrainer for all of MST-KD)")
-        weights = ", ".join(f"{name} {weight:g}" for name, weight in self.loss_weights().items() if weight)
+        weights = ", ".join(f"{name} {weight:.4g}" for name, weight in self.loss_weights().items() if weight)
         self.print_to_log_file(f"MST-KD teacher: {teacher}")
-        self.print_to_log_file(f"MST-KD loss weights (epoch {self.current_epoch}): {weights}")
+        self.print_to_log_file(f"MST-KD loss weights (epoch {self.current_epoch}): {weights}; ramped up over "
+                               f"{self.distillation_rampup:.0%} of the epochs: {', '.join(self.ramped_terms)}")
 
     # --- losses ----------------------------------------------------------------------------------
 
     def loss_weights(self) -> dict[str, float]:
         """The weight of every loss term at the current epoch."""
-        ramp = sigmoid_rampup(self.current_epoch, self.probability_mse_rampup * self.num_epochs)
+        ramp = sigmoid_rampup(self.current_epoch, self.distillation_rampup * self.num_epochs)
+        features = self.teacher_provides_features
         weights = {"segmentation_student": self.student_segmentation_weight,
                    "segmentation_teacher": self.teacher_segmentation_weight if self.teacher_mode == "joint" else 0.0,
-                   "kl": self.kl_weight, "probability_mse": self.probability_mse_weight * ramp}
-        features = self.teacher_provides_features
-        weights.update({"attention": self.attention_weight if features else 0.0,
-                        "multiscale_features": self.multiscale_feature_weight if features else 0.0,
-                        "gram": self.gram_weight if features else 0.0,
-                        "adversarial": self.adversarial_weight if self.discriminator is not None else 0.0})
+                   "kl": self.kl_weight, "probability_mse": self.probability_mse_weight,
+                   "attention": self.attention_weight if features else 0.0,
+                   "multiscale_features": self.multiscale_feature_weight if features else 0.0,
+                   "gram": self.gram_weight if features else 0.0,
+                   "adversarial": self.adversarial_weight if self.discriminator is not None else 0.0}
+        for term in self.ramped_terms:
+            weights[term] *= ramp
         return weights
 
     def distillation_terms(self, student_output, student_features, teacher_output, teacher_features) -> dict:
@@ -238,9 +254,9 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
         student_logits, teacher_logits = highest_resolution(student_output), highest_resolution(teacher_output)
         terms = {}
         if self.kl_weight:
-            terms["kl"] = logit_kl(student_logits, teacher_logits, regions, self.kl_temperature)
+            terms["kl"] = logit_kl(teacher_logits, student_logits, regions, self.kl_temperature, self.kl_standardize)
         if self.probability_mse_weight:
-            terms["probability_mse"] = probability_mse(student_logits, teacher_logits, regions)
+            terms["probability_mse"] = probability_mse(teacher_logits, student_logits, regions)
         if teacher_features is None:
             return terms
         if self.attention_weight:
@@ -261,78 +277,29 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
         constant = {name: p.detach() for name, p in critic.named_parameters()}
         return torch.func.functional_call(critic, constant, (features,))
 
-    # --- training step ---------------------------------------------------------------------------
-
-    def _autocast(self):
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
-
     def _teacher_forward(self, image: torch.Tensor):
         if self.teacher_mode == "joint":
             return self.teacher(image, return_features=True)
         with torch.no_grad():
             return self.teacher(image)
 
-    def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        full = batch["data_unmasked"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
-
-        optimizers, modules = [self.optimizer], [self.network]
-        if self.teacher_optimizer is not None:
-            optimizers.append(self.teacher_optimizer)
-            modules.append(self.teacher)
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-
-        with self._autocast():
-            student_output, student_features = self.network(data, return_features=True)
-            teacher_output, teacher_features = self._teacher_forward(full)
-            terms = {"segmentation_student": self.loss(student_output, target)}
-            if self.teacher_mode == "joint":
-                terms["segmentation_teacher"] = self.loss(teacher_output, target)
-            terms.update(self.distillation_terms(student_output, student_features, teacher_output, teacher_features))
-            weights = self.loss_weights()
-            loss = sum(weights[name] * value for name, value in terms.items())
-
-        scaler = self.grad_scaler  # one scaler for every optimiser, updated once per step
-        if scaler is None:
-            loss.backward()
-        else:
-            scaler.scale(loss).backward()
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
-        for module in modules:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), GRADIENT_CLIP)
-        for optimizer in optimizers:
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-
+    def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Each network's segmentation, every distillation term (weighted as ``loss_weights``), and
+        the discriminator's own loss on detached features (weight 1; only it reaches the
+        discriminator, and it reaches nothing else)."""
+        student_output, student_features = self.network(batch["data"], return_features=True)
+        teacher_output, teacher_features = self._teacher_forward(batch["data_unmasked"])
+        weights = self.loss_weights()
+        terms = {"segmentation_student": self.loss(student_output, batch["target"])}
+        if self.teacher_mode == "joint":
+            terms["segmentation_teacher"] = self.loss(teacher_output, batch["target"])
+        terms.update(self.distillation_terms(student_output, student_features, teacher_output, teacher_features))
+        terms = {name: weights[name] * value for name, value in terms.items()}
         if self.discriminator is not None:
-            terms["discriminator"] = self._discriminator_step(teacher_features.style[1], student_features.style[1])
-        if scaler is not None:
-            scaler.update()
-
-        names = list(terms)
-        values = torch.stack([terms[n].detach().float() for n in names]).cpu().tolist()
-        return {"loss": loss.detach().cpu().numpy(), **dict(zip(names, values))}
-
-    def _discriminator_step(self, teacher_style: torch.Tensor, student_style: torch.Tensor) -> torch.Tensor:
-        """One update of the style discriminator on detached features (one forward: one DDP reduction)."""
-        self.discriminator_optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            logits = self.discriminator(torch.cat([teacher_style.detach(), student_style.detach()]))
-            loss = discriminator_loss(*logits.split(teacher_style.shape[0]))
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.step(self.discriminator_optimizer)
-        else:
-            loss.backward()
-            self.discriminator_optimizer.step()
-        return loss.detach()
+            teacher_style, student_style = teacher_features.style[1].detach(), student_features.style[1].detach()
+            logits = self.discriminator(torch.cat([teacher_style, student_style]))  # one forward: one DDP reduction
+            terms["discriminator"] = discriminator_loss(*logits.split(teacher_style.shape[0]))
+        return terms
 
 
 class MSTKDFrozenTeacherTrainer(MSTKDTrainer):
@@ -345,6 +312,23 @@ class MSTKDTeacherTrainer(TransformerBottleneckArchitecture, MissingModalityTrai
     """nnU-Net training of MST-KDNet's network on every modality: a teacher for MSTKDFrozenTeacherTrainer."""
 
     mask_modalities = False
+
+
+class MSTKDTrainerOfficialWeights(MSTKDTrainer):
+    """MST-KDNet's loss weights and schedule as its code sets them for Adam: teacher 0.4, student 0.6,
+    the distillation weights unscaled, only the probability MSE ramped up. For comparison: under
+    nnU-Net's SGD this trains the teacher at 0.4 and the student's segmentation at 0.6 of nnU-Net's
+    learning rate."""
+
+    teacher_segmentation_weight = OFFICIAL_TEACHER_SEGMENTATION_WEIGHT
+    student_segmentation_weight = OFFICIAL_STUDENT_SEGMENTATION_WEIGHT
+    attention_weight = OFFICIAL_DISTILLATION_WEIGHTS["attention"]
+    multiscale_feature_weight = OFFICIAL_DISTILLATION_WEIGHTS["multiscale_features"]
+    kl_weight = OFFICIAL_DISTILLATION_WEIGHTS["kl"]
+    probability_mse_weight = OFFICIAL_DISTILLATION_WEIGHTS["probability_mse"]
+    gram_weight = OFFICIAL_DISTILLATION_WEIGHTS["gram"]
+    adversarial_weight = OFFICIAL_DISTILLATION_WEIGHTS["adversarial"]
+    ramped_terms = ("probability_mse",)
 
 
 class MSTKDTrainerNoTransformerKD(MSTKDTrainer):

@@ -14,8 +14,9 @@ Optimisation. ``self.network`` is the two-branch module, optimised by nnU-Net's 
 parameter group per branch (SGD keeps its state per parameter, so this is two optimisers in one
 object, with one checkpoint entry and one LR schedule) and with gradients clipped per branch. The
 consistency terms detach the peer, so the sum of the two branches' losses, back-propagated once,
-gives each branch exactly the gradient of its own loss. The refinement heads are an auxiliary with
-their own SGD optimiser and schedule.
+gives each branch exactly the gradient of its own loss: each branch learns at nnU-Net's rate, as
+each of the official code's two optimisers steps on its own branch's loss. The refinement heads are
+an auxiliary with their own SGD optimiser and schedule.
 """
 
 from __future__ import annotations
@@ -26,10 +27,7 @@ from typing import Optional
 
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
 from nnunet_missingmod.losses.consistency import (class_fractions, pixel_consistency, prior_consistency,
                                                   relation_consistency)
@@ -43,7 +41,6 @@ __all__ = ["SMMLTrainer", "SMMLTrainerNoPriors", "SMMLTrainerNoPixelConsistency"
            "SMMLTrainerNoFeatureConsistency", "SMMLTrainerNoConsistency"]
 
 REFINEMENT = "refinement_heads"
-GRADIENT_CLIP = 12  # nnU-Net's
 
 
 def _full_resolution(output):
@@ -102,9 +99,7 @@ class SMMLTrainer(MissingModalityTrainer):
 
     def configure_optimizers(self):
         branches = unwrap(self.network).branches
-        optimizer = torch.optim.SGD([{"params": b.parameters(), "branch": i} for i, b in enumerate(branches)],
-                                    self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return self.sgd([{"params": b.parameters(), "branch": i} for i, b in enumerate(branches)])
 
     def initialize(self):
         super().initialize()
@@ -115,11 +110,8 @@ class SMMLTrainer(MissingModalityTrainer):
             RefinementHead.from_plans(self.configuration_manager, self.priors_metadata.num_channels,
                                       self.label_manager.num_segmentation_heads, self.refinement_head_features)
             for _ in range(2)])
-        optimizer = torch.optim.SGD(heads.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=0.99, nesterov=True)
-        self.refinement_optimizer = optimizer
-        self.refinement = self.register_auxiliary(REFINEMENT, heads, optimizer,
-                                                  PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs))
+        self.refinement_optimizer, schedule = self.sgd(heads.parameters())
+        self.refinement = self.register_auxiliary(REFINEMENT, heads, self.refinement_optimizer, schedule)
 
     def _find_priors(self) -> Optional[PriorsMetadata]:
         if not self.use_priors:
@@ -184,8 +176,7 @@ class SMMLTrainer(MissingModalityTrainer):
 
     def branch_inputs(self, batch: dict):
         """Each branch's input, the unmasked image with that branch's subset; and the masks (B, 2, M)."""
-        image = batch["data_unmasked"].to(self.device, non_blocking=True)
-        masks = batch["modality_mask"].to(self.device, non_blocking=True)
+        image, masks = batch["data_unmasked"], batch["modality_mask"]
         shape = (masks.shape[0], masks.shape[2]) + (1,) * (image.ndim - 2)
         return tuple(image * masks[:, v].reshape(shape).to(image.dtype) for v in range(2)), masks
 
@@ -211,13 +202,13 @@ class SMMLTrainer(MissingModalityTrainer):
         return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
     def compute_losses(self, outputs: dict, target, masks: torch.Tensor, priors: Optional[torch.Tensor]) -> dict:
-        """Every loss term of one step (tensors), ``loss`` their sum. The consistency terms are
-        reported as 0 before ``consistency_start_epoch``, so every epoch logs the same terms."""
+        """Every weighted loss term of one step. The consistency terms are reported as 0 before
+        ``consistency_start_epoch``, so every epoch logs the same terms."""
         logits = outputs["logits"]
         full_logits = [_full_resolution(z) for z in logits]
         full_target = _full_resolution(target)
         labels, valid = self._consistency_target(full_target)
-        multi_label = self.label_manager.has_regions
+        regions = self.label_manager.has_regions
         active = self.consistency_active
         off = full_logits[0].new_zeros((), dtype=torch.float32)
 
@@ -229,15 +220,14 @@ class SMMLTrainer(MissingModalityTrainer):
             terms["refinement"] = self.refinement_weight * sum(full_resolution_loss(r, full_target) for r in refined)
             if self.prior_consistency_weight:
                 terms["prior_consistency"] = self.prior_consistency_weight * sum(
-                    prior_consistency(z, r, multi_label, self.prior_consistency_temperature, valid)
+                    prior_consistency(z, r, regions, self.prior_consistency_temperature, valid)
                     for z, r in zip(full_logits, refined)) if active else off
         if self.pixel_consistency_weight:
             terms["pixel_consistency"] = self.pixel_consistency_weight * pixel_consistency(
-                *full_logits, labels, multi_label, self.pixel_consistency_temperature, valid) if active else off
+                *full_logits, labels, regions, self.pixel_consistency_temperature, valid) if active else off
         if self.inter_sample_weight or self.inter_class_weight:
             terms["feature_consistency"] = self._feature_consistency(outputs["bottleneck"], labels, valid) \
                 if active else off
-        terms["loss"] = sum(terms.values())
         return terms
 
     def _feature_consistency(self, features, labels: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
@@ -245,45 +235,22 @@ class SMMLTrainer(MissingModalityTrainer):
                                     features[0].shape[2:], valid)
         return relation_consistency(*features, fractions, self.inter_sample_weight, self.inter_class_weight)
 
-    def _clip_gradients(self) -> None:
-        for branch in unwrap(self.network).branches:
-            torch.nn.utils.clip_grad_norm_(branch.parameters(), GRADIENT_CLIP)
+    def clip_groups(self) -> dict:
+        """Each branch clipped on its own, as each has its own optimiser in the official code."""
+        groups = {f"branch_{i}": b.parameters() for i, b in enumerate(unwrap(self.network).branches)}
         if self.refinement is not None:
-            torch.nn.utils.clip_grad_norm_(self.refinement.parameters(), GRADIENT_CLIP)
+            groups[REFINEMENT] = self.refinement.parameters()
+        return groups
 
-    def train_step(self, batch: dict) -> dict:
+    def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
         (x0, x1), masks = self.branch_inputs(batch)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
         priors = None
         if self.refinement is not None:
             if PRIORS_KEY not in batch:
                 raise RuntimeError("SMMLTrainer uses priors but the batch has none; build the loaders with "
                                    "get_dataloaders()")
-            priors = batch[PRIORS_KEY].to(self.device, non_blocking=True)
-        optimizers = [self.optimizer] + ([self.refinement_optimizer] if self.refinement is not None else [])
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            terms = self.compute_losses(self.network(x0, x1), target, masks, priors)
-        loss = terms["loss"]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            for optimizer in optimizers:
-                self.grad_scaler.unscale_(optimizer)
-            self._clip_gradients()
-            for optimizer in optimizers:
-                self.grad_scaler.step(optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            self._clip_gradients()
-            for optimizer in optimizers:
-                optimizer.step()
-        result = {"loss": loss.detach().cpu().numpy()}
-        result.update({k: float(v.detach()) for k, v in terms.items() if k != "loss"})
-        return result
+            priors = batch[PRIORS_KEY]
+        return self.compute_losses(self.network(x0, x1), batch["target"], masks, priors)
 
 
 class SMMLTrainerNoPriors(SMMLTrainer):
