@@ -78,7 +78,8 @@ setup(
         "segment-anything>=1.0",
         "torchvision",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # magms: the official MAG-MS implementation, against which tests check our loss terms
+    extras_require={"test": ["pytest>=7", "magms>=2.2,<3"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_synthetic_brats=nnunet_missingmod.synthetic:main",

@@ -66,10 +66,7 @@ def _worker(rank: int, world_size: int, port: int, trainer_name: str, preprocess
         trainer.initialize()
         assert trainer.is_ddp and trainer.batch_size >= 1
         loader, _ = trainer.get_dataloaders()
-        trainer.network.train()
-        for aux in trainer.auxiliaries.values() if hasattr(trainer, "auxiliaries") else ():
-            if aux.trainable:
-                aux.module.train()
+        trainer.on_train_epoch_start()  # train mode, LR step, and the loss monitor's sampled first step
         trainable = {"network": trainer.network}
         trainable.update({name: aux.module for name, aux in getattr(trainer, "auxiliaries", {}).items()
                           if aux.trainable})
@@ -77,7 +74,8 @@ def _worker(rank: int, world_size: int, port: int, trainer_name: str, preprocess
         for _ in range(steps):
             trainer.train_step(next(loader))
         after = {name: _parameters(m) for name, m in trainable.items()}
-        torch.save({"before": before, "after": after}, os.path.join(result_folder, f"rank{rank}.pt"))
+        sampled = getattr(getattr(trainer, "loss_monitor", None), "_sampled", None)
+        torch.save({"before": before, "after": after, "sampled": sampled}, os.path.join(result_folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -102,4 +100,6 @@ def check_ddp_train_steps(trainer_name: str, preprocessed: str, configuration: s
             f"{name}: parameters differ between ranks after DDP steps (max {(a - b).abs().max():.3g})"
         moved[name] = float((a - ranks[0]["before"][name]).abs().max())
         assert moved[name] > 0, f"{name}: no parameter changed; its optimiser never stepped"
+    # every rank measured the loss terms' gradients on the same (first) step
+    assert all(r["sampled"] is not None for r in ranks), "the loss monitor did not sample under DDP"
     return moved

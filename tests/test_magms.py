@@ -126,10 +126,12 @@ def test_train_resume_predict_and_evaluate_with_nnunet_commands(magms_model, nnu
     log = "".join(read_text(os.path.join(fold, f)) for f in sorted(os.listdir(fold)) if f.startswith("training_log"))
     assert "MAG-MS: lambda (self_distillation_weight) 1.0, gamma (feature_distillation_weight) 1.0, T 1.0" in log
     assert "masking: off" in log
-    assert log.count("loss terms: segmentation_fused") == 2  # one line per epoch, both runs
-    assert "feature_distillation" in log and "self_distillation" in log
     checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == TRAINER and checkpoint["current_epoch"] == 2
+    history = checkpoint["loss_terms"]["history"]  # one record per epoch, both runs
+    assert [epoch["epoch"] for epoch in history] == [0, 1]
+    assert set(history[-1]["values"]) == {"segmentation_fused", "segmentation_single", "self_distillation",
+                                          "feature_distillation"}
     weights = checkpoint["network_weights"]
     assert any(k.startswith("encoders.3.") for k in weights) and any(k.startswith("projections.3.") for k in weights)
     assert not any(k.startswith("decoder.encoder") for k in weights)
@@ -312,24 +314,25 @@ def test_residual_encoder_plans(preprocessed):
 
 def test_softmax_kl_with_temperature():
     teacher, student = torch.randn(2, 4, 5, 6, 7), torch.randn(3, 2, 4, 5, 6, 7)
-    got = distillation_kl(teacher.unsqueeze(0), student, temperature=2.0, channel_dim=2)
+    got = distillation_kl(teacher.unsqueeze(0), student, False, temperature=2.0, channel_dim=2)
     assert got.shape == (3, 2)
     for m in range(3):
         want = F.kl_div(F.log_softmax(student[m] / 2, 1), F.softmax(teacher / 2, 1), reduction="none")
         torch.testing.assert_close(got[m], 4 * want.sum(1).flatten(1).mean(1))
-    same = distillation_kl(teacher, teacher.clone())
+    same = distillation_kl(teacher, teacher.clone(), False)
     torch.testing.assert_close(same, torch.zeros(2), atol=1e-6, rtol=0)
 
 
 def test_bernoulli_kl_for_regions():
     teacher, student = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
     p, q = torch.sigmoid(teacher / 3).double(), torch.sigmoid(student / 3).double()
-    want = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(1).flatten(1).mean(1) * 9
-    got = distillation_kl(teacher, student, temperature=3.0, multilabel=True)
+    # averaged over the regions (as nnU-Net's BCE) and the voxels
+    want = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).flatten(1).mean(1) * 9
+    got = distillation_kl(teacher, student, True, temperature=3.0)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(got, distillation_kl(teacher, student, temperature=3.0))  # not the softmax KL
+    assert not torch.allclose(got, distillation_kl(teacher, student, False, temperature=3.0))  # not the softmax KL
     # large logits stay finite
-    assert torch.isfinite(distillation_kl(teacher * 1e3, student * 1e3, multilabel=True)).all()
+    assert torch.isfinite(distillation_kl(teacher * 1e3, student * 1e3, True)).all()
 
 
 def test_feature_mse_is_over_all_levels_concatenated():
@@ -390,7 +393,7 @@ def test_absent_modalities_do_not_count_in_the_loss(small_trainer):
     # the single-modality segmentation of T1 is nnU-Net's loss on the sample that has it
     t1_alone = trainer.loss([s[0, :1] for s in out.single], [t[:1] for t in target])
     others = sum(trainer.loss([s[m] for s in out.single], target) for m in (1, 2, 3))
-    torch.testing.assert_close(terms["segmentation_single"], t1_alone + others)
+    torch.testing.assert_close(terms["segmentation_single"], (t1_alone + others) / 5)  # over the 1 + M paths
 
 
 def test_each_term_is_switched_by_its_attribute(small_trainer, preprocessed, monkeypatch):
@@ -411,8 +414,9 @@ def test_each_term_is_switched_by_its_attribute(small_trainer, preprocessed, mon
     assert fused_gradient("feature_distillation")[1] is None
     monkeypatch.setattr(small_trainer, "temperature", 2.0)
     monkeypatch.setattr(small_trainer, "self_distillation_weight", 0.5)
-    kl = distillation_kl(fused[0].unsqueeze(0), out.single[0], 2.0, multilabel=True, channel_dim=2)
-    torch.testing.assert_close(small_trainer.compute_loss(out, target)["self_distillation"], 0.5 * kl.sum(0).mean())
+    kl = distillation_kl(fused[0].unsqueeze(0), out.single[0], True, 2.0, channel_dim=2)
+    torch.testing.assert_close(small_trainer.compute_loss(out, target)["self_distillation"],
+                               0.5 * kl.sum(0).mean() / 5)  # divided by the 1 + M paths
 
     ablation = make_trainer(MAGMSTrainerNoDistillation, preprocessed)
     ablation.initialize()
@@ -436,8 +440,8 @@ def test_loss_decreases_on_a_fixed_batch(preprocessed, single_process_augmentati
     with torch.no_grad():
         out = trainer.network(batch["data"])
         kl = trainer.compute_loss(out, batch["target"])["self_distillation"]
-        want = distillation_kl(out.fused[0].unsqueeze(0), out.single[0], multilabel=not labels, channel_dim=2)
-        torch.testing.assert_close(kl, want.sum(0).mean())
+        want = distillation_kl(out.fused[0].unsqueeze(0), out.single[0], not labels, channel_dim=2)
+        torch.testing.assert_close(kl, want.sum(0).mean() / 5)
 
     losses = [trainer.train_step(batch) for _ in range(6)]
     assert all(np.isfinite(list(step.values())).all() for step in losses)

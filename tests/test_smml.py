@@ -3,7 +3,6 @@ commands; and in-process checks of the pieces (branch subsets, prior alignment u
 the consistency terms, checkpoints, training without priors, DDP)."""
 
 import os
-import re
 
 import numpy as np
 import pytest
@@ -144,24 +143,20 @@ def test_default_litemedsam_segments_what_its_box_shows():
     assert maps[0][square].mean() > 0.5 and maps[0][~square].mean() < 0.1
 
 
-def _epoch_terms(log: str) -> list[dict]:
-    lines = re.findall(r"loss terms: (.*)", log)
-    return [{k: float(v) for k, v in (t.rsplit(" ", 1) for t in line.strip().split(", "))} for line in lines]
-
-
 def test_train_resume_predict_and_evaluate_with_nnunet_commands(smml_model, nnunet_folders, raw_dataset, tmp_path):
     fold = os.path.join(smml_model["folder"], "fold_0")
     log = "".join(open(os.path.join(fold, f)).read() for f in sorted(os.listdir(fold)) if f.startswith("training_log"))
     assert "SMML: two branches; priors: tiny_random maps of 3 targets x 4 modalities" in log
     assert "consistency terms from epoch 1" in log and "Epoch 1" in log
-    first, second = _epoch_terms(log)
+    checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER and checkpoint["current_epoch"] == 2
+    first, second = (epoch["values"] for epoch in checkpoint["loss_terms"]["history"])  # one per epoch, both runs
     assert set(first) == {"branch_segmentation", "refinement", "prior_consistency", "pixel_consistency",
                           "feature_consistency"}
     assert first["pixel_consistency"] == first["feature_consistency"] == first["prior_consistency"] == 0
     assert second["pixel_consistency"] > 0 and second["prior_consistency"] > 0 and second["feature_consistency"] > 0
-
-    checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    assert checkpoint["trainer_name"] == TRAINER and checkpoint["current_epoch"] == 2
+    assert set(checkpoint["loss_terms"]["history"][0]["clipped_fraction"]) == {"branch_0", "branch_1",
+                                                                              "refinement_heads"}
     weights = checkpoint["network_weights"]
     assert any(k.startswith("branches.0.") for k in weights) and any(k.startswith("branches.1.") for k in weights)
     assert [g["branch"] for g in checkpoint["optimizer_state"]["param_groups"]] == [0, 1]
@@ -271,29 +266,29 @@ def test_two_branch_network_averages_its_branches_and_switches_both(preprocessed
             (shape[0], 3, *shape[2:])
 
 
-@pytest.mark.parametrize("multi_label", [True, False])
-def test_consistency_terms_are_zero_when_the_branches_agree(multi_label):
+@pytest.mark.parametrize("regions", [True, False])
+def test_consistency_terms_are_zero_when_the_branches_agree(regions):
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 6, 5, 4)
-    target = (torch.rand(2, 3, 6, 5, 4) > 0.5).float() if multi_label else torch.randint(0, 3, (2, 1, 6, 5, 4))
+    target = (torch.rand(2, 3, 6, 5, 4) > 0.5).float() if regions else torch.randint(0, 3, (2, 1, 6, 5, 4))
     features = torch.randn(2, 8, 3, 3, 2)
-    fractions = class_fractions(target, multi_label, 3, features.shape[2:])
+    fractions = class_fractions(target, regions, 3, features.shape[2:])
     other_logits, other_features = torch.randn_like(logits), torch.randn_like(features)
 
-    assert pixel_consistency(logits, logits.clone(), target, multi_label) == 0
-    assert prior_consistency(logits, logits.clone(), multi_label) == 0
+    assert pixel_consistency(logits, logits.clone(), target, regions) == 0
+    assert prior_consistency(logits, logits.clone(), regions) == 0
     assert relation_consistency(features, features.clone(), fractions) == 0
-    assert pixel_consistency(logits, other_logits, target, multi_label) > 0
-    assert prior_consistency(logits, other_logits, multi_label) > 0
+    assert pixel_consistency(logits, other_logits, target, regions) > 0
+    assert prior_consistency(logits, other_logits, regions) > 0
     assert relation_consistency(features, other_features, fractions) > 0
 
     # The peer teaches and is not taught; it teaches only where it is the more reliable one.
     student, peer = logits.clone().requires_grad_(), other_logits.clone().requires_grad_()
-    reliability_gated_kl(student, peer, target, multi_label).backward()
+    reliability_gated_kl(student, peer, target, regions).backward()
     assert peer.grad is None and student.grad.abs().sum() > 0
-    p_student = torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1)
-    p_peer = torch.sigmoid(other_logits) if multi_label else torch.softmax(other_logits, 1)
-    if multi_label:
+    p_student = torch.sigmoid(logits) if regions else torch.softmax(logits, 1)
+    p_peer = torch.sigmoid(other_logits) if regions else torch.softmax(other_logits, 1)
+    if regions:
         student_better = ((target * p_student + (1 - target) * (1 - p_student))
                           >= (target * p_peer + (1 - target) * (1 - p_peer)))
         assert student_better.any() and student.grad[student_better].abs().max() == 0
@@ -319,7 +314,7 @@ def test_label_map_datasets_get_every_term(preprocessed):
     masks = torch.tensor([[[1, 0, 0, 0], [0, 1, 1, 1]], [[1, 1, 1, 1], [0, 0, 1, 0]]], dtype=torch.bool)
     (x0, x1), _ = trainer.branch_inputs({"data_unmasked": image, "modality_mask": masks})
     terms = trainer.compute_losses(trainer.network(x0, x1), target, masks, None)
-    assert set(terms) == {"branch_segmentation", "pixel_consistency", "feature_consistency", "loss"}
+    assert set(terms) == {"branch_segmentation", "pixel_consistency", "feature_consistency"}
     assert all(torch.isfinite(v) and v > 0 for v in terms.values())
 
 

@@ -1,0 +1,104 @@
+"""What the trainers rely on inside nnU-Net (nnunet_missingmod/training/nnunet_internals.py), checked
+against the installed nnU-Net: an upgrade that changes any of it fails here, with the reason."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+import nnunet_missingmod.training as training
+from conftest import CONFIGURATION, load_json
+from nnunet_missingmod.training import nnunet_internals as internals
+
+
+def _plain_trainer(preprocessed):
+    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    return nnUNetTrainer(plans, CONFIGURATION, 1, load_json(os.path.join(preprocessed, "dataset.json")),
+                         torch.device("cpu"))
+
+
+def test_trainer_init_signature_is_what_nnunet_reads_back():
+    """nnUNetTrainer.__init__ saves its arguments from locals(); every trainer keeps that signature."""
+    assert tuple(inspect.signature(nnUNetTrainer.__init__).parameters) == internals.TRAINER_INIT_PARAMETERS
+    source = inspect.getsource(nnUNetTrainer.__init__)
+    assert "locals()" in source, "nnU-Net no longer reads its init arguments from locals()"
+    for name in training.__all__:
+        parameters = tuple(inspect.signature(getattr(training, name).__init__).parameters)
+        assert parameters == internals.TRAINER_INIT_PARAMETERS, name
+
+
+def test_get_dataloaders_builds_nnunet_dataloader_by_its_module_name():
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
+    assert "nnUNetDataLoader(" in inspect.getsource(nnUNetTrainer.get_dataloaders), \
+        "get_dataloaders no longer constructs nnUNetDataLoader: loaders_of_class has no effect"
+    assert trainer_module.nnUNetDataLoader is nnUNetDataLoader
+
+    class Marker(nnUNetDataLoader):
+        pass
+
+    with internals.loaders_of_class(Marker):
+        assert trainer_module.nnUNetDataLoader is Marker
+    assert trainer_module.nnUNetDataLoader is nnUNetDataLoader
+
+
+def test_masking_goes_after_the_image_transforms(preprocessed):
+    trainer = _plain_trainer(preprocessed)
+    pipeline = nnUNetTrainer.get_training_transforms(
+        trainer.configuration_manager.patch_size, (0, 0), None, (0, 1, 2), False,
+        regions=trainer.label_manager.foreground_regions)
+    position = internals.masking_position(pipeline)
+    assert isinstance(pipeline.transforms[position], RemoveLabelTransform)
+    before = [type(getattr(t, "transform", t)).__name__ for t in pipeline.transforms[:position]]  # unwrap RandomTransform
+    assert "MirrorTransform" in before and "GammaTransform" in before  # every image transform comes first
+
+
+def test_optimiser_recipe_is_nnunets(preprocessed):
+    trainer = _plain_trainer(preprocessed)
+    trainer.network = torch.nn.Conv3d(1, 1, 1)
+    nnunet_optimizer, nnunet_schedule = trainer.configure_optimizers()
+    ours, schedule = internals.sgd_with_poly_lr(trainer.network.parameters(), trainer.initial_lr,
+                                                trainer.weight_decay, trainer.num_epochs)
+    assert type(ours) is type(nnunet_optimizer) and type(schedule) is type(nnunet_schedule)
+    assert ours.defaults == nnunet_optimizer.defaults
+    for epoch in (0, 10, 500):
+        nnunet_schedule.step(epoch)
+        schedule.step(epoch)
+        assert ours.param_groups[0]["lr"] == nnunet_optimizer.param_groups[0]["lr"]
+
+
+def test_segmentation_loss_is_nnunets_own(preprocessed):
+    trainer = _plain_trainer(preprocessed)
+    trainer.initialize()
+    ours = internals.segmentation_loss(trainer, ddp=False)
+    theirs = trainer._build_loss()
+    assert type(ours) is type(theirs) is DeepSupervisionWrapper
+    assert type(ours.loss) is type(theirs.loss)
+    assert np.allclose(ours.weight_factors, theirs.weight_factors)
+    for attribute in ("batch_dice", "do_bg", "smooth", "ddp", "apply_nonlin"):
+        assert getattr(ours.loss.dc, attribute) == getattr(theirs.loss.dc, attribute), attribute
+    assert ours.loss.use_ignore_label == theirs.loss.use_ignore_label
+    torch.manual_seed(0)
+    patch = trainer.configuration_manager.patch_size
+    output = [torch.randn(2, 3, *(np.array(patch) // s)) for s in (1, 2, 4)]
+    target = [(torch.rand(2, 3, *(np.array(patch) // s)) > 0.7).float() for s in (1, 2, 4)]
+    torch.testing.assert_close(ours(output, target), theirs(output, target))
+    assert internals.segmentation_loss(trainer, ddp=True).loss.dc.ddp
+
+
+def test_checkpoint_keys_and_load_order(preprocessed, tmp_path):
+    """nnU-Net writes these keys (our checkpoints add to them), and its load_checkpoint initialises
+    the trainer only when it was not initialised yet (ours initialises first, knowing the file)."""
+    trainer = _plain_trainer(preprocessed)
+    trainer.initialize()
+    trainer.save_checkpoint(str(tmp_path / "plain.pth"))
+    assert set(torch.load(tmp_path / "plain.pth", weights_only=False)) == internals.CHECKPOINT_KEYS
+    source = inspect.getsource(nnUNetTrainer.load_checkpoint)
+    assert "if not self.was_initialized" in source and "self.initialize()" in source
