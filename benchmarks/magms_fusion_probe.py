@@ -89,7 +89,7 @@ def main() -> None:
         single = torch.stack(single)  # (M, S, R, H, W)
         z0 = fused.clone().requires_grad_()
         g_seg, = torch.autograd.grad(segmentation(z0, y), z0)
-        kl = distillation_kl(z0.unsqueeze(0), single, multilabel=True, channel_dim=2)  # (M, S)
+        kl = distillation_kl(z0.unsqueeze(0), single, True, channel_dim=2)  # (M, S)
         g_kl, = torch.autograd.grad(kl.sum(0).mean(), z0)
         for r in inside:
             where = y[:, r] > 0

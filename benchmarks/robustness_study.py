@@ -218,6 +218,27 @@ def bar_rows(mean_dice: dict[str, dict[str, float]]) -> list[str]:
     return rows
 
 
+def loss_term_rows(study: Study, trainers: list[str]) -> list[str]:
+    """Markdown rows: each trainer's last sampled gradient shares and its clip rate, from its checkpoint."""
+    import torch
+    rows = []
+    for trainer in trainers:
+        path = os.path.join(study.model_folder(trainer), "fold_0", "checkpoint_final.pth")
+        if not os.path.isfile(path):
+            continue
+        history = torch.load(path, map_location="cpu", weights_only=False).get("loss_terms", {}).get("history")
+        sampled = [r for r in history or [] if "gradient_shares" in r]
+        if not sampled:
+            continue
+        last = sampled[-1]
+        shares = ", ".join(f"{name} {share:+.0%}" for name, share in last["gradient_shares"].items() if share)
+        clip_group = "network" if "network" in last["clipped_fraction"] else next(iter(last["clipped_fraction"]))
+        clipped = np.mean([r["clipped_fraction"][clip_group] for r in history])
+        group = "" if clip_group == "network" else f" ({clip_group})"
+        rows.append(f"| {trainer} | {last['epoch']} | {shares} | {clipped:.0%}{group} |")
+    return rows
+
+
 def write_report(study: Study, report: str) -> None:
     from nnunet_missingmod.inference.metrics import short_region_name
     from nnunet_missingmod.synthetic import contrast_table, format_contrast_table
@@ -283,6 +304,15 @@ def write_report(study: Study, report: str) -> None:
                 d = paired_difference(method, reference, r)
                 cells.append(f"{d['mean'] * 100:+.2f} [{d['ci95'][0] * 100:+.2f}, {d['ci95'][1] * 100:+.2f}]")
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
+
+    shares = loss_term_rows(study, trainers)
+    if shares:
+        lines += ["", "## What drove training: each loss term's share of the step", "",
+                  "From each model's checkpoint (docs/training.md): per term, its share of the gradient step "
+                  "on the deployed network, <g_i, g>/|g|^2, in the last sampled step of training (shares add "
+                  "up to 100 %; negative: against the step); and the fraction of all training steps in which "
+                  "nnU-Net's gradient clip (norm 12) engaged on the deployed network.", "",
+                  "| Trainer | epoch | shares of the step | clip engaged |", "|---|---:|---|---:|", *shares]
 
     lines += ["", "## Per subset", ""]
     for t in trainers:
