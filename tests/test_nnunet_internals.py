@@ -35,18 +35,27 @@ def test_trainer_init_signature_is_what_nnunet_reads_back():
         assert parameters == internals.TRAINER_INIT_PARAMETERS, name
 
 
-def test_get_dataloaders_builds_nnunet_dataloader_by_its_module_name():
+def test_get_dataloaders_builds_loader_and_augmenter_by_their_module_names():
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
-    assert "nnUNetDataLoader(" in inspect.getsource(nnUNetTrainer.get_dataloaders), \
-        "get_dataloaders no longer constructs nnUNetDataLoader: loaders_of_class has no effect"
+    from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+    source = inspect.getsource(nnUNetTrainer.get_dataloaders)
+    assert "nnUNetDataLoader(" in source and "NonDetMultiThreadedAugmenter(" in source, \
+        "get_dataloaders no longer constructs these by name: dataloading_built_by has no effect"
+    for keyword in ("data_loader=", "transform=", "num_processes=", "num_cached=", "seeds=", "pin_memory=",
+                    "wait_time="):
+        assert keyword in source, f"NonDetMultiThreadedAugmenter is no longer called with {keyword}"
     assert trainer_module.nnUNetDataLoader is nnUNetDataLoader
 
     class Marker(nnUNetDataLoader):
         pass
 
-    with internals.loaders_of_class(Marker):
-        assert trainer_module.nnUNetDataLoader is Marker
+    with internals.dataloading_built_by(Marker, {"x": 1}, in_turn=True):
+        assert trainer_module.nnUNetDataLoader.func is Marker and trainer_module.nnUNetDataLoader.keywords == {"x": 1}
+        assert trainer_module.NonDetMultiThreadedAugmenter is not NonDetMultiThreadedAugmenter
     assert trainer_module.nnUNetDataLoader is nnUNetDataLoader
+    assert trainer_module.NonDetMultiThreadedAugmenter is NonDetMultiThreadedAugmenter
+    assert "num_cached_per_queue" in inspect.signature(MultiThreadedAugmenter).parameters
 
 
 def test_masking_goes_after_the_image_transforms(preprocessed):

@@ -11,6 +11,8 @@
   moved to the device, wrapped for DDP, switched between train and eval with the network,
   stepped by the LR schedule, saved in and restored from nnU-Net's checkpoints;
 - atomic checkpoint writes (a crash while saving never leaves a truncated checkpoint);
+- seeded, repeatable training on request (``nnUNet_missingmod_seed`` or a ``seed`` attribute;
+  :mod:`nnunet_missingmod.training.seeding`);
 - a training length that tests and demos can shorten through environment variables.
 
 ``self.network`` is always the network that ``nnUNetv2_predict`` deploys: nnU-Net writes it to
@@ -38,7 +40,8 @@ from nnunet_missingmod.masking import ModalityMaskingTransform
 from nnunet_missingmod.modalities import Modalities
 from nnunet_missingmod.training.data_loader import ModalityMaskDataLoader
 from nnunet_missingmod.training.loss_monitor import CLIPPED_PREFIX, GRADIENT_NORM_PREFIX, LossTermMonitor
-from nnunet_missingmod.training.nnunet_internals import loaders_of_class, masking_position, sgd_with_poly_lr
+from nnunet_missingmod.training.nnunet_internals import dataloading_built_by, masking_position, sgd_with_poly_lr
+from nnunet_missingmod.training.seeding import SEED_VARIABLE, derived_seed, seed_everything, seed_from_environment
 
 # Environment variables that shorten training without a trainer variant per length. Meant for
 # tests, demos and benchmarks; every override is written to the training log.
@@ -79,6 +82,8 @@ class MissingModalityTrainer(nnUNetTrainer):
         num_mask_views: masks drawn per sample (pairwise different); the image gets the first.
         keep_unmasked_image: also hand the unmasked image to ``train_step`` (``data_unmasked``).
         gradient_clip: the norm each parameter group's gradient is clipped to (nnU-Net's 12).
+        seed: seed the training (weights, batches, augmentation, its workers); the environment
+            variable ``nnUNet_missingmod_seed`` overrides it. None: unseeded, as nnU-Net.
         loss_monitor_budget: the share of training time spent measuring each loss term's gradient.
 
     A method trainer defines ``loss_terms(batch)`` (its weighted loss terms; the step minimises
@@ -92,6 +97,7 @@ class MissingModalityTrainer(nnUNetTrainer):
     keep_unmasked_image: bool = False
     gradient_clip: float = 12.0
     loss_monitor_budget: float = 0.02
+    seed: Optional[int] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -103,6 +109,8 @@ class MissingModalityTrainer(nnUNetTrainer):
                 f"dataset {self.plans_manager.dataset_name} has only {list(self.modalities.names)} "
                 f"(dataset.json channel_names). Train it with nnUNetTrainer instead.")
         self.auxiliaries: dict[str, Auxiliary] = {}
+        environment_seed = seed_from_environment()
+        self.seed = environment_seed if environment_seed is not None else type(self).seed
         self.loss_monitor = LossTermMonitor(self.loss_monitor_budget)
         self.checkpoint_being_loaded: Optional[str] = None
         self._length_overrides = {}
@@ -123,6 +131,8 @@ class MissingModalityTrainer(nnUNetTrainer):
             self.print_to_log_file(f"{variable}={value} shortens training ({LENGTH_OVERRIDES[variable]})")
         self.print_to_log_file(f"modalities: {', '.join(self.modalities.names)}; masking: "
                                f"{self.subset_sampling if self.mask_modalities else 'off'}")
+        self.print_to_log_file(f"seed: {self.seed} ({SEED_VARIABLE} or the trainer's seed attribute)"
+                               if self.seed is not None else f"not seeded (set {SEED_VARIABLE} to repeat a run)")
         super().on_train_start()
 
     # --- data ----------------------------------------------------------------------------------
@@ -147,8 +157,21 @@ class MissingModalityTrainer(nnUNetTrainer):
         """The loader nnU-Net's ``get_dataloaders`` builds; a subclass that carries more returns its own."""
         return ModalityMaskDataLoader
 
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if self.is_ddp else 0
+
+    def initialize(self):
+        if self.seed is not None and not self.was_initialized:  # before any network is built
+            seed_everything(derived_seed(self.seed, self.rank))
+        super().initialize()
+
     def get_dataloaders(self):
-        with loaders_of_class(self.data_loader_class()):
+        """nnU-Net's loaders, of ``data_loader_class()``; seeded ones draw their own stream per rank
+        and start epoch, and come through workers taken in turn (a fixed batch order)."""
+        seeded = self.seed is not None
+        arguments = {"seed": self.seed, "stream": (self.rank, self.current_epoch)} if seeded else {}
+        with dataloading_built_by(self.data_loader_class(), arguments, in_turn=seeded):
             return super().get_dataloaders()
 
     # --- optimisation ----------------------------------------------------------------------------

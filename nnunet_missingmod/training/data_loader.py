@@ -6,8 +6,8 @@ recorder that keeps the other keys (the modality mask, the unmasked image) per s
 them, stacked, to the batch the parent returns.
 
 nnU-Net constructs its loaders inside ``nnUNetTrainer.get_dataloaders`` with no factory hook;
-:func:`nnunet_missingmod.training.nnunet_internals.loaders_of_class` substitutes this class for
-the duration of that one call.
+:func:`nnunet_missingmod.training.nnunet_internals.dataloading_built_by` substitutes this class
+for the duration of that one call.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_missingmod.masking import MASK_KEY, UNMASKED_IMAGE_KEY
+from nnunet_missingmod.training.seeding import derived_seed, seeded
 
 # transform output key -> batch key (nnU-Net calls the image 'data' in a batch)
 BATCH_KEYS = {MASK_KEY: "modality_mask", UNMASKED_IMAGE_KEY: "data_unmasked"}
@@ -37,12 +38,29 @@ class _SampleRecorder:
 
 
 class ModalityMaskDataLoader(nnUNetDataLoader):
-    """Batches gain ``modality_mask`` ``(B, V, M)`` and, if recorded, ``data_unmasked``."""
+    """Batches gain ``modality_mask`` ``(B, V, M)`` and, if recorded, ``data_unmasked``.
 
-    def __init__(self, *args, **kwargs):
+    With a ``seed``, each batch is drawn and augmented under its own seed, derived from the seed,
+    ``stream`` (the DDP rank and start epoch) and the batch's place in the stream, wherever it is
+    generated (:mod:`nnunet_missingmod.training.seeding`).
+    """
+
+    def __init__(self, *args, seed: int | None = None, stream: tuple = (), **kwargs):
         super().__init__(*args, **kwargs)
         if self.transforms is not None:
             self.transforms = _SampleRecorder(self.transforms)
+        self.seed, self.stream, self.batches_drawn = seed, tuple(stream), 0
+
+    def __next__(self):
+        if self.seed is None:
+            return super().__next__()
+        # the batch's place in the whole stream: workers taken in turn deliver batches in this order,
+        # so the stream is the same for any number of workers (one process included)
+        workers = self.number_of_threads_in_multithreaded or 1
+        with seeded(derived_seed(self.seed, *self.stream, self.batches_drawn * workers + self.thread_id)):
+            batch = super().__next__()
+        self.batches_drawn += 1
+        return batch
 
     def generate_train_batch(self):
         if self.transforms is None:

@@ -7,8 +7,9 @@ that changes one of them fails there, loudly, rather than somewhere in a trainin
 
 - :data:`TRAINER_INIT_PARAMETERS`: ``nnUNetTrainer.__init__`` reads its arguments back from
   ``locals()`` (to save them in checkpoints), so a subclass must keep exactly this signature.
-- :func:`loaders_of_class`: ``get_dataloaders`` constructs ``nnUNetDataLoader`` by its module-level
-  name, with no factory to override; the name is swapped for the duration of that one call.
+- :func:`dataloading_built_by`: ``get_dataloaders`` constructs ``nnUNetDataLoader`` and
+  ``NonDetMultiThreadedAugmenter`` by their module-level names, with no factory to override; the
+  names are swapped for the duration of that one call.
 - :func:`masking_position`: where in nnU-Net's training pipeline the image transforms end.
 - :func:`sgd_with_poly_lr`: nnU-Net's optimiser recipe, hard-coded in ``configure_optimizers``.
 - :func:`segmentation_loss`: nnU-Net's loss, as ``_build_loss`` builds it, for a chosen DDP setting.
@@ -19,9 +20,11 @@ that changes one of them fails there, loudly, rather than somewhere in a trainin
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
@@ -42,18 +45,37 @@ SGD_NESTEROV = True
 
 
 @contextlib.contextmanager
-def loaders_of_class(loader_class: type):
-    """Make ``nnUNetTrainer.get_dataloaders`` build ``loader_class`` loaders inside this block."""
+def dataloading_built_by(loader_class: type, loader_kwargs: dict | None = None, in_turn: bool = False):
+    """Inside this block, ``nnUNetTrainer.get_dataloaders`` builds ``loader_class`` loaders (with
+    ``loader_kwargs`` besides nnU-Net's arguments) and, with ``in_turn``, batchgenerators'
+    ``MultiThreadedAugmenter`` (workers taken in turn: a fixed batch order) instead of its
+    ``NonDetMultiThreadedAugmenter`` (batches in whichever order the workers finish)."""
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
 
     if not issubclass(loader_class, nnUNetDataLoader):
         raise TypeError(f"{loader_class} is not an nnUNetDataLoader")
-    original = trainer_module.nnUNetDataLoader
-    trainer_module.nnUNetDataLoader = loader_class
+    names = {"nnUNetDataLoader": functools.partial(loader_class, **(loader_kwargs or {}))}
+    if in_turn:
+        names["NonDetMultiThreadedAugmenter"] = _augmenter_taking_workers_in_turn
+    originals = {name: getattr(trainer_module, name) for name in names}
+    for name, replacement in names.items():
+        setattr(trainer_module, name, replacement)
     try:
         yield
     finally:
-        trainer_module.nnUNetDataLoader = original
+        for name, original in originals.items():
+            setattr(trainer_module, name, original)
+
+
+def _augmenter_taking_workers_in_turn(data_loader, transform, num_processes, num_cached, seeds, pin_memory,
+                                      wait_time):
+    """``MultiThreadedAugmenter`` built from ``NonDetMultiThreadedAugmenter``'s arguments as nnU-Net
+    passes them (its cache is per worker queue). The loader learns the number of workers, which
+    batchgenerators' loaders keep for this purpose and nnU-Net leaves unset."""
+    data_loader.number_of_threads_in_multithreaded = num_processes
+    return MultiThreadedAugmenter(data_loader, transform, num_processes,
+                                  num_cached_per_queue=max(1, -(-num_cached // num_processes)), seeds=seeds,
+                                  pin_memory=pin_memory, wait_time=wait_time)
 
 
 def masking_position(pipeline: ComposeTransforms) -> int:

@@ -1,0 +1,68 @@
+"""Seeded training: the same seed gives the same checkpoint, another seed another one, with nnU-Net's
+own command and its augmentation workers; and the batch stream does not depend on the number of
+workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, load_json, run, training_env
+from nnunet_missingmod.training.seeding import SEED_VARIABLE, derived_seed, seed_from_environment
+
+FOLD = 2  # away from the folds other tests train
+
+
+def _train(nnunet_folders, tmp_path, seed, name):
+    env = training_env(nnunet_folders, epochs=1, nnUNet_n_proc_DA=2, **{SEED_VARIABLE: seed})
+    run(["nnUNetv2_train", DATASET_ID, CONFIGURATION, FOLD, "-tr", "ModalityDropoutTrainer", "-device", "cpu"], env)
+    fold = os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME,
+                        f"ModalityDropoutTrainer__nnUNetPlans__{CONFIGURATION}", f"fold_{FOLD}")
+    kept = tmp_path / f"{name}.pth"
+    shutil.copy(os.path.join(fold, "checkpoint_final.pth"), kept)
+    return torch.load(kept, map_location="cpu", weights_only=False)
+
+
+def test_the_same_seed_gives_the_same_checkpoint(nnunet_folders, preprocessed, tmp_path):
+    first = _train(nnunet_folders, tmp_path, 7, "first")
+    again = _train(nnunet_folders, tmp_path, 7, "again")
+    other = _train(nnunet_folders, tmp_path, 8, "other")
+    weights = first["network_weights"]
+    assert all(torch.equal(weights[k], again["network_weights"][k]) for k in weights)
+    def logged(checkpoint):  # losses and pseudo Dice too (validation batches are seeded); not the clock
+        return {k: v for k, v in checkpoint["logging"].items() if not k.endswith("timestamps")}
+    assert logged(first) == logged(again)
+    assert any(not torch.equal(weights[k], other["network_weights"][k]) for k in weights)
+
+
+def test_the_batch_stream_does_not_depend_on_the_number_of_workers(preprocessed, monkeypatch):
+    from nnunet_missingmod.training import ModalityDropoutTrainer
+    monkeypatch.setenv(SEED_VARIABLE, "3")
+    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
+    dataset = load_json(os.path.join(preprocessed, "dataset.json"))
+    sums = []
+    for workers in ("0", "2"):
+        monkeypatch.setenv("nnUNet_n_proc_DA", workers)
+        trainer = ModalityDropoutTrainer(dict(plans, continue_training=False), CONFIGURATION, FOLD, dataset,
+                                         torch.device("cpu"))
+        trainer.initialize()
+        train, validation = trainer.get_dataloaders()
+        sums.append([float(next(train)["data"].double().sum()) for _ in range(3)])
+        for loader in (train, validation):
+            getattr(loader, "_finish", lambda: None)()
+    assert sums[0] == sums[1]
+
+
+def test_seed_variable_is_validated(monkeypatch):
+    monkeypatch.setenv(SEED_VARIABLE, "")
+    assert seed_from_environment() is None
+    monkeypatch.setenv(SEED_VARIABLE, "12")
+    assert seed_from_environment() == 12
+    for bad in ("x", "-1", "1.5"):
+        monkeypatch.setenv(SEED_VARIABLE, bad)
+        with pytest.raises(ValueError, match=SEED_VARIABLE):
+            seed_from_environment()
+    assert derived_seed(1, 0, 5) != derived_seed(1, 0, 6) != derived_seed(2, 0, 5)
