@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -167,6 +168,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per trainer, alternating order")
     parser.add_argument("--tta", action="store_true", help="predict with mirroring (off by default: same ratio)")
     parser.add_argument("--sam-args", default="", help="extra arguments for nnUNetv2_smml_priors, one string")
+    parser.add_argument("--save", default=None, metavar="PATH",
+                        help="also write the results here (benchmarks/results/methods_cpu.json is what the "
+                             "robustness study's report reads the costs from)")
     parser.add_argument("--train-step", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inference", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,10 +226,15 @@ def main() -> None:
                "inference_per_case": ratio(results["inference"][name]["per_case_s"],
                                            results["inference"][BASELINE]["per_case_s"])}
         for name in names}
-    with open(os.path.join(work, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--save" and (i == 0 or sys.argv[i] != "--save")]
+    results["command"] = "python benchmarks/benchmark_methods.py " + " ".join(shown)
+    results["date"] = time.strftime("%Y-%m-%d")
+    for path in [os.path.join(work, "results.json"), *([args.save] if args.save else [])]:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {path}")
     print_table(results)
-    print(f"\nwrote {os.path.join(work, 'results.json')}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import tempfile
 
 import numpy as np
 
@@ -40,6 +41,8 @@ def build_trainer(model: str, fold: int, checkpoint_name: str, overrides: dict, 
     init = checkpoint["init_args"]
     plans = dict(init["plans"], continue_training=False)
     trainer = trainer_class(plans, init["configuration"], init["fold"], init["dataset_json"], torch.device(device))
+    trainer.output_folder = tempfile.mkdtemp(prefix="loss_term_shares_")  # its log, not in the model folder
+    trainer.log_file = os.path.join(trainer.output_folder, "log.txt")
     trainer.load_checkpoint(path)
     return trainer
 

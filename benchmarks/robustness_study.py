@@ -1,28 +1,41 @@
-"""The robustness study: every trainer trained on the same synthetic data for the same number of
-iterations and patch, evaluated over every modality subset by ``nnUNetv2_evaluate_missing``, and
-written up as a Markdown report with tables, heat maps, training cost and a paired comparison
-against ModalityDropoutTrainer.
+"""The robustness study: which trainer to pick, measured with its training noise and against the
+ceiling a user could reach another way.
 
-    python benchmarks/robustness_study.py --work /tmp/study [--size tiny|cpu|gpu] [--epochs E]
-        [--iterations I] [--trainers ...] [--device cuda] [--report docs/results.md]
+Every trainer is trained on the same synthetic data for the same number of iterations and patch,
+with several seeds (``nnUNet_missingmod_seed``: each run repeatable, the seeds independent), and
+evaluated over every modality subset by ``nnUNetv2_evaluate_missing``. Beside them:
+
+- the dedicated ceiling: one nnU-Net per subset (``DedicatedTrainer__<subset>``), each evaluated on
+  its own subset, the alternative to one robust model;
+- the ensemble control: ModalityDropoutTrainer's first two seeds averaged at inference (nnU-Net's
+  own logit averaging, ``--ensemble_with``), as many networks as SMML deploys;
+- pictures of one test case under every subset, per trainer and side by side.
+
+The report (docs/results.md by default) opens with which trainer to use, generated from the
+numbers, then the tables, the bar, the ceiling, the ensembles, what drove each training and the
+figures.
+
+    python benchmarks/robustness_study.py --work /tmp/study [--size tiny|cpu|cpu3d|gpu3d]
+        [--seeds 1 2 3] [--trainers ...] [--dedicated all|singles|none] [--device cuda]
+        [--epochs E] [--iterations I] [--report docs/results.md]
 
 Every step leaves a mark in the work folder (``study.json``), so running the same command again
 after an interruption goes on where it stopped: a finished training is not repeated, an
-interrupted one resumes from its latest checkpoint with ``--c``, a finished evaluation is reused.
-nnU-Net does not seed its training; differences between methods smaller than the spread of the
-paired comparison are noise.
+interrupted one resumes from its latest checkpoint with ``--c``, a finished evaluation is reused,
+and trainers, seeds or dedicated models added to the command are trained on top.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -30,9 +43,14 @@ DATASET_ID = 982
 DATASET_NAME = "RobustnessStudy"
 REFERENCE = "ModalityDropoutTrainer"
 NO_MASKING = "FullModalityTrainer"
-TRAINERS = [NO_MASKING, REFERENCE, "MAGMSTrainer", "MSTKDTrainer", "SMMLTrainer"]
+ENSEMBLE = f"{REFERENCE} x2"  # the reference's first two seeds averaged at inference
+METHODS = ["MAGMSTrainer", "MSTKDTrainer", "SMMLTrainer"]
+TRAINERS = [NO_MASKING, REFERENCE, *METHODS, "SMMLTrainerNoConsistency"]
+TWO_NETWORKS = {"SMMLTrainer", "SMMLTrainerNoPriors", "SMMLTrainerNoConsistency", "SMMLTrainerNoPixelConsistency",
+                "SMMLTrainerNoFeatureConsistency"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISCUSSION = "results-discussion.md"  # the hand-written reading of the report, next to it
+COSTS = os.path.join(REPO, "benchmarks", "results", "methods_cpu.json")  # benchmark_methods.py --save
 
 
 @dataclass(frozen=True)
@@ -44,19 +62,27 @@ class Size:
     epochs: int
     iterations: int
     mirroring: bool  # test-time mirroring in the evaluation (4x the prediction time in 2d, 8x in 3d)
+    seeds: tuple = (1,)
+    dedicated: str = "none"  # which dedicated models: "all" 2^M - 1, "singles" (and the full set), "none"
+    trainers: tuple = tuple(TRAINERS)
 
 
 SIZES = {
     # A smoke run: minutes per trainer on 2 CPU cores.
-    "tiny": Size(8, 4, (40, 48, 40), "2d", 4, 25, False),
-    # The default, for 2 CPU cores within 3 hours (2d learns all three regions in a few hundred
-    # iterations where 3d_fullres does not). nnU-Net's 2d batch grows with the dataset (8 cases:
-    # 12, 24 cases: 36), so 12 cases (batch 18). Measured: 2 h 49 min on 2 partly loaded cores,
-    # about 2 h 20 min idle (LiteMedSAM's priors 190 s per case, training 84 min, evaluation 8 min).
-    "cpu": Size(12, 8, (40, 48, 40), "2d", 16, 50, False),
-    # On a GPU: 3d_fullres at a realistic size and nnU-Net's iterations per epoch.
-    "gpu": Size(60, 20, (96, 112, 96), "3d_fullres", 100, 250, True),
+    "tiny": Size(8, 4, (40, 48, 40), "2d", 4, 25, False, seeds=(1,), dedicated="none",
+                 trainers=(NO_MASKING, REFERENCE)),
+    # The default, for 2 CPU cores. nnU-Net's 2d batch grows with the dataset (12 cases: batch
+    # 18); 2d learns all three regions in a few hundred iterations where 3d_fullres does not.
+    # Measured per seed (docs/results.md): FullModality 9.5, MD 4.3, MSTKD 27, MAG-MS about 25 min.
+    "cpu": Size(12, 8, (40, 48, 40), "2d", 16, 50, False, seeds=(1, 2, 3), dedicated="all"),
+    # 3d_fullres on the CPU at a size one developer session holds: a smaller volume, two seeds,
+    # the baseline, nnU-Net fed zeroed channels and the 2d study's best method.
+    "cpu3d": Size(8, 4, (32, 40, 32), "3d_fullres", 10, 40, False, seeds=(1, 2), dedicated="none",
+                  trainers=(NO_MASKING, REFERENCE, "MSTKDTrainer")),
+    # On a GPU: 3d_fullres at a realistic size, nnU-Net's iterations per epoch, every trainer.
+    "gpu3d": Size(60, 20, (96, 112, 96), "3d_fullres", 100, 250, True, seeds=(1, 2, 3), dedicated="all"),
 }
+SIZES["gpu"] = SIZES["gpu3d"]  # the earlier name
 
 
 def log(message: str) -> None:
@@ -66,27 +92,32 @@ def log(message: str) -> None:
 class Study:
     """The work folder and its record of what is done (written atomically after every step)."""
 
-    def __init__(self, work: str, size: Size, trainers: list[str], device: str):
-        self.work, self.size, self.trainers, self.device = work, size, trainers, device
+    def __init__(self, work: str, size: Size, trainers: list[str], seeds: list[int], dedicated: str, device: str):
+        self.work, self.size, self.trainers, self.seeds, self.device = work, size, trainers, seeds, device
+        self.dedicated_kind = dedicated
         self.state_path = os.path.join(work, "study.json")
         self.env = dict(os.environ)
-        for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            self.env[name] = os.path.join(work, name)
-            os.makedirs(self.env[name], exist_ok=True)
+        self.env["nnUNet_raw"] = os.path.join(work, "nnUNet_raw")
+        self.env["nnUNet_preprocessed"] = os.path.join(work, "nnUNet_preprocessed")
         self.env.setdefault("nnUNet_def_n_proc", "2")
         self.env.update(nnUNet_missingmod_num_epochs=str(size.epochs),
                         nnUNet_missingmod_iterations_per_epoch=str(size.iterations),
                         nnUNet_missingmod_val_iterations_per_epoch=str(max(2, size.iterations // 10)))
-        os.environ.update({k: self.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+        for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+            os.makedirs(self.env[name], exist_ok=True)
+            os.environ[name] = self.env[name]
         self.state = self._load_state()
 
     def _load_state(self) -> dict:
         if os.path.isfile(self.state_path):
             with open(self.state_path) as f:
                 state = json.load(f)
-            if state["size"] != json.loads(json.dumps(asdict(self.size))):
-                sys.exit(f"{self.work} holds a study of another size ({state['size']}); "
-                         f"use another --work folder or the same size")
+            recorded = {k: v for k, v in state["size"].items() if k not in ("seeds", "dedicated", "trainers")}
+            wanted = {k: v for k, v in json.loads(json.dumps(asdict(self.size))).items()
+                      if k not in ("seeds", "dedicated", "trainers")}
+            if recorded != wanted:
+                sys.exit(f"{self.work} holds a study of another size ({recorded}); use another --work folder "
+                         f"or the same size")
             return state
         return {"size": asdict(self.size), "done": {}, "training_s": {}}
 
@@ -103,26 +134,44 @@ class Study:
         self.state["done"][step] = time.strftime("%Y-%m-%d %H:%M:%S")
         self.save()
 
-    def run(self, command: list[str], log_name: str) -> None:
+    def run(self, command: list[str], log_name: str, **env) -> None:
         path = os.path.join(self.work, "logs", log_name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as f:
             f.write(f"\n$ {' '.join(command)}\n")
             f.flush()
-            result = subprocess.run(command, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+            result = subprocess.run(command, env={**self.env, **env}, stdout=f, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             sys.exit(f"{' '.join(command)} failed ({result.returncode}); its output is in {path}")
+
+    # --- where things are --------------------------------------------------------------------
 
     @property
     def dataset_folder(self) -> str:
         return os.path.join(self.env["nnUNet_raw"], f"Dataset{DATASET_ID}_{DATASET_NAME}")
 
-    def model_folder(self, trainer: str) -> str:
-        return os.path.join(self.env["nnUNet_results"], f"Dataset{DATASET_ID}_{DATASET_NAME}",
+    def results_root(self, seed) -> str:
+        """nnUNet_results of one seed's trainings (``"dedicated"``: the dedicated models')."""
+        return os.path.join(self.work, "dedicated" if seed == "dedicated" else f"seed_{seed}", "nnUNet_results")
+
+    def model_folder(self, trainer: str, seed) -> str:
+        return os.path.join(self.results_root(seed), f"Dataset{DATASET_ID}_{DATASET_NAME}",
                             f"{trainer}__nnUNetPlans__{self.size.configuration}")
 
-    def evaluation_folder(self, trainer: str) -> str:
-        return os.path.join(self.work, "evaluation", trainer)
+    def evaluation_folder(self, trainer: str, seed) -> str:
+        return os.path.join(self.work, "evaluation", str(seed) if seed in ("dedicated", "ensemble")
+                            else f"seed_{seed}", trainer.replace(" ", "_"))
+
+    @property
+    def dedicated_subsets(self) -> list[str]:
+        from nnunet_missingmod.modalities import Modalities
+        modalities = Modalities.from_dataset_json(os.path.join(self.dataset_folder, "dataset.json"))
+        subsets = modalities.subsets()
+        if self.dedicated_kind == "none":
+            return []
+        if self.dedicated_kind == "singles":
+            subsets = [s for s in subsets if len(s) == 1] + [subsets[-1]]
+        return [modalities.subset_name(s) for s in subsets]
 
     # --- the steps ---------------------------------------------------------------------------
 
@@ -147,37 +196,83 @@ class Study:
             self.state["priors_s"] = self.state.get("priors_s", 0.0) + time.time() - start
             self.mark("smml_priors")
 
-    def train(self, trainer: str) -> None:
-        if self.done(f"train {trainer}"):
+    def train(self, trainer: str, seed) -> None:
+        step = f"train {trainer} seed {seed}"
+        if self.done(step):
             return
-        fold = os.path.join(self.model_folder(trainer), "fold_0")
+        fold = os.path.join(self.model_folder(trainer, seed), "fold_0")
         resume = os.path.isfile(os.path.join(fold, "checkpoint_latest.pth"))
-        log(f"training {trainer} for {self.size.epochs} x {self.size.iterations} iterations"
+        log(f"training {trainer} (seed {seed}) for {self.size.epochs} x {self.size.iterations} iterations"
             + (" (resuming with --c)" if resume else ""))
         start = time.time()
+        seed_value = self.seeds[0] if seed == "dedicated" else seed
+        os.makedirs(self.results_root(seed), exist_ok=True)
         self.run(["nnUNetv2_train", str(DATASET_ID), self.size.configuration, "0", "-tr", trainer,
-                  "-device", self.device, *(["--c"] if resume else [])], f"train_{trainer}.log")
-        self.state["training_s"][trainer] = self.state["training_s"].get(trainer, 0.0) + time.time() - start
-        self.mark(f"train {trainer}")
+                  "-device", self.device, *(["--c"] if resume else [])], f"train_{trainer}_seed_{seed}.log",
+                 nnUNet_results=self.results_root(seed), nnUNet_missingmod_seed=str(seed_value))
+        self.state["training_s"][f"{trainer} seed {seed}"] = (
+            self.state["training_s"].get(f"{trainer} seed {seed}", 0.0) + time.time() - start)
+        self.mark(step)
 
-    def evaluate(self, trainer: str) -> None:
-        if self.done(f"evaluate {trainer}"):
+    def evaluate(self, trainer: str, seed, subsets=None, ensemble_with=None, figures: bool = False) -> None:
+        label = trainer if ensemble_with is None else ENSEMBLE
+        step = f"evaluate {label} seed {seed}"
+        if self.done(step):
             return
-        log(f"evaluating {trainer} over all modality subsets")
-        self.run(["nnUNetv2_evaluate_missing", "-d", str(DATASET_ID), "-c", self.size.configuration, "-tr",
-                  trainer, "-f", "0", "-i", os.path.join(self.dataset_folder, "imagesTs"), "-o",
-                  self.evaluation_folder(trainer), "-device", self.device, "--overwrite",
-                  *([] if self.size.mirroring else ["--disable_tta"])], f"evaluate_{trainer}.log")
-        self.mark(f"evaluate {trainer}")
+        log(f"evaluating {label} (seed {seed}) over " + ("all modality subsets" if subsets is None else subsets[0]))
+        extra = ["--subsets", *subsets] if subsets else []
+        if ensemble_with is not None:
+            extra += ["--ensemble_with", self.model_folder(trainer, ensemble_with)]
+        if figures:
+            extra += ["--figures", "1", "--save_predictions"]
+        model_seed = self.seeds[0] if seed == "ensemble" else seed
+        self.run(["nnUNetv2_evaluate_missing", "-m", self.model_folder(trainer, model_seed), "-f", "0",
+                  "-i", os.path.join(self.dataset_folder, "imagesTs"), "-o", self.evaluation_folder(label, seed),
+                  "-device", self.device, "--overwrite", *extra, *([] if self.size.mirroring else ["--disable_tta"])],
+                 f"evaluate_{label.replace(' ', '_')}_seed_{seed}.log")
+        self.mark(step)
+
+    def run_all(self) -> None:
+        self.prepare_data()
+        for seed in self.seeds:
+            for trainer in self.trainers:
+                self.train(trainer, seed)
+                self.evaluate(trainer, seed, figures=seed == self.seeds[0])
+        if REFERENCE in self.trainers and len(self.seeds) >= 2:
+            self.evaluate(REFERENCE, "ensemble", ensemble_with=self.seeds[1])
+        for subset in self.dedicated_subsets:
+            trainer = dedicated_trainer(subset)
+            self.train(trainer, "dedicated")
+            self.evaluate(trainer, "dedicated", subsets=[subset])
 
 
-# --- the report ----------------------------------------------------------------------------------
+def dedicated_trainer(subset: str) -> str:
+    from nnunet_missingmod.training.dedicated import dedicated_trainer_name
+    return dedicated_trainer_name(subset.split("+"))
 
-def read_per_case(path: str) -> dict:
-    """{(case, subset, region): dice}"""
-    import csv
+
+# --- numbers from the evaluations ----------------------------------------------------------------
+
+def read_per_case(path: str, metric: str = "dice") -> dict:
+    """{(case, subset, region): value} of one evaluation's per_case.csv."""
     with open(path) as f:
-        return {(r["case"], r["subset"], r["region"]): float(r["dice"]) for r in csv.DictReader(f)}
+        return {(r["case"], r["subset"], r["region"]): float(r[metric]) for r in csv.DictReader(f)}
+
+
+def mean_over_seeds(tables: list[dict]) -> dict:
+    """The per-(case, subset, region) mean of several seeds' tables (the same keys in each)."""
+    keys = tables[0].keys()
+    for t in tables[1:]:
+        if t.keys() != keys:
+            raise ValueError("the seeds' evaluations cover different cases, subsets or regions")
+    return {k: float(np.mean([t[k] for t in tables])) for k in keys}
+
+
+def mean_dice(table: dict, region: str) -> float:
+    """Mean over subsets of the mean over cases, as the papers' "Avg" column."""
+    subsets = sorted({s for _, s, r in table if r == region})
+    return float(np.mean([np.mean([v for (c, s, r), v in table.items() if s == subset and r == region])
+                          for subset in subsets]))
 
 
 def paired_difference(method: dict, reference: dict, region: str, resamples: int = 10000, seed: int = 0) -> dict:
@@ -195,35 +290,78 @@ def paired_difference(method: dict, reference: dict, region: str, resamples: int
     return {"mean": float(per_case.mean()), "ci95": (float(low), float(high)), "n_cases": len(per_case)}
 
 
-# The bar the study is held to: every method above ModalityDropoutTrainer on these regions' mean
-# Dice over the subsets, and every trainer that sees missing modalities in training (all but
-# FullModalityTrainer) above FullModalityTrainer by at least this margin on every region.
+@dataclass
+class SeedStatistics:
+    """A trainer's mean Dice over subsets per region: the seeds' values, their mean and spread."""
+
+    per_seed: dict[str, list[float]]  # region -> one value per seed
+    mean: dict[str, float] = field(init=False)
+    spread: dict[str, float] = field(init=False)  # sample standard deviation over seeds (0 for one seed)
+
+    def __post_init__(self):
+        self.mean = {r: float(np.mean(v)) for r, v in self.per_seed.items()}
+        self.spread = {r: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for r, v in self.per_seed.items()}
+
+
+def compare(method: SeedStatistics, reference: SeedStatistics, region: str) -> tuple[float, str]:
+    """(difference of seed means, verdict): "tie" when the difference is within the larger of the
+    two trainers' seed spreads, else "above" or "below"."""
+    difference = method.mean[region] - reference.mean[region]
+    if abs(difference) <= max(method.spread[region], reference.spread[region]):
+        return difference, "tie"
+    return difference, "above" if difference > 0 else "below"
+
+
+def gap_closed(method: dict, reference: dict, ceiling: dict, region: str) -> float:
+    """The share of the reference's gap to the ceiling that the method closes, on the subsets the
+    ceiling covers: (mean method - mean reference) / (mean ceiling - mean reference), each the mean
+    over those subsets of the mean over cases."""
+    subsets = sorted({s for _, s, r in ceiling if r == region})
+    def over(table):
+        return np.mean([np.mean([v for (c, s, r), v in table.items() if s == subset and r == region])
+                        for subset in subsets])
+    gap = over(ceiling) - over(reference)
+    return float((over(method) - over(reference)) / gap) if gap > 0 else float("nan")
+
+
+# The bar (issue 14): every method at or above ModalityDropoutTrainer on mean TC and ET (seed means,
+# a difference within the seed spread is a tie, which counts as "at"); SMML above the two-network
+# ModalityDropoutTrainer ensemble on TC or ET by more than the seed spread; the best method closes
+# at least 30 % of the gap to the dedicated ceiling on TC and ET.
 BAR_REGIONS = ("TC", "ET")
-WIDE_MARGIN = 0.05
+CEILING_SHARE = 0.30
 
 
-def bar_rows(mean_dice: dict[str, dict[str, float]]) -> list[str]:
-    """Markdown rows of the bar's check; ``mean_dice[trainer][short region]``: Dice over the subsets,
-    for REFERENCE, NO_MASKING and the methods."""
-    reference, unmasked = mean_dice[REFERENCE], mean_dice[NO_MASKING]
+def bar_rows(stats: dict[str, SeedStatistics], methods: list[str]) -> list[str]:
+    """Markdown rows: each method against ModalityDropoutTrainer on the bar's regions."""
     rows = []
-    for trainer, dice in mean_dice.items():
-        if trainer in (REFERENCE, NO_MASKING):
-            continue
-        gains = [dice[r] - reference[r] for r in BAR_REGIONS]
-        margin = min(dice[r] - unmasked[r] for r in dice)
-        met = all(g > 0 for g in gains) and margin >= WIDE_MARGIN
-        cells = [f"{v * 100:+.2f}" for v in (*gains, margin)]
+    for trainer in methods:
+        cells, met = [], True
+        for region in BAR_REGIONS:
+            difference, verdict = compare(stats[trainer], stats[REFERENCE], region)
+            cells.append(f"{difference * 100:+.2f} ({verdict})")
+            met &= verdict != "below"
         rows.append(f"| {trainer} | " + " | ".join(cells) + f" | {'yes' if met else '**no**'} |")
     return rows
 
+
+def costs() -> dict:
+    """Iteration-time ratios against nnUNetTrainer from the committed benchmark run, if any."""
+    if not os.path.isfile(COSTS):
+        return {}
+    with open(COSTS) as f:
+        results = json.load(f)
+    return {name: r["iteration_time"] for name, r in results.get("ratios", {}).items()}
+
+
+# --- the report ----------------------------------------------------------------------------------
 
 def loss_term_rows(study: Study, trainers: list[str]) -> list[str]:
     """Markdown rows: each trainer's last sampled gradient shares and its clip rate, from its checkpoint."""
     import torch
     rows = []
     for trainer in trainers:
-        path = os.path.join(study.model_folder(trainer), "fold_0", "checkpoint_final.pth")
+        path = os.path.join(study.model_folder(trainer, study.seeds[0]), "fold_0", "checkpoint_final.pth")
         if not os.path.isfile(path):
             continue
         history = torch.load(path, map_location="cpu", weights_only=False).get("loss_terms", {}).get("history")
@@ -239,89 +377,233 @@ def loss_term_rows(study: Study, trainers: list[str]) -> list[str]:
     return rows
 
 
-def write_report(study: Study, report: str) -> None:
+def per_subset_table(tables: list[dict], hd95_tables: list[dict], subsets: list[str], regions: list[str]) -> str:
+    """The evaluation's Markdown table, from the seeds' mean per case."""
+    from nnunet_missingmod.inference.reports import markdown_table, summarize
+    dice, hd95 = mean_over_seeds(tables), mean_over_seeds(hd95_tables)
+    records = [{"case": c, "subset": s, "region": r, "dice": v, "hd95": hd95[(c, s, r)]} for (c, s, r), v in dice.items()]
+    return markdown_table(summarize(records, subsets, regions)).strip()
+
+
+def comparison_figure(study: Study, trainers: list[str], path: str) -> str | None:
+    """Every trainer (seed 1) and the dedicated models on the first test case, side by side."""
+    import SimpleITK as sitk
+
+    from nnunet_missingmod.inference.figures import comparison_figure as draw
+    case = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(os.path.join(study.dataset_folder, "imagesTs"))
+                  if f.endswith("_0000.nii.gz"))[0]
+    read = lambda p: sitk.GetArrayFromImage(sitk.ReadImage(p))  # noqa: E731
+    predictions = {}
+    for trainer in trainers:
+        folder = os.path.join(study.evaluation_folder(trainer, study.seeds[0]), "predictions")
+        if os.path.isdir(folder):
+            predictions[trainer] = {s: read(os.path.join(folder, s, f"{case}.nii.gz")) for s in sorted(os.listdir(folder))}
+    if not predictions:
+        return None
+    subsets = list(next(iter(predictions.values())))
+    order = study_subset_order(study)
+    subsets = [s for s in order if s in subsets]
+    predictions = {t: {s: p[s] for s in subsets} for t, p in predictions.items()}
+    dataset_json = json.load(open(os.path.join(study.dataset_folder, "dataset.json")))
+    background = read(os.path.join(study.dataset_folder, "imagesTs", f"{case}_0001.nii.gz"))  # T1ce
+    reference = read(os.path.join(study.dataset_folder, "labelsTs", f"{case}.nii.gz"))
+    return draw(background, reference, predictions, dataset_json, path, title=f"{case}, every trainer (seed "
+                f"{study.seeds[0]}), every subset")
+
+
+def study_subset_order(study: Study) -> list[str]:
+    from nnunet_missingmod.modalities import Modalities
+    modalities = Modalities.from_dataset_json(os.path.join(study.dataset_folder, "dataset.json"))
+    return [modalities.subset_name(s) for s in modalities.subsets()]
+
+
+def write_report(study: Study, report: str, command: str) -> None:
     from nnunet_missingmod.inference.metrics import short_region_name
     from nnunet_missingmod.synthetic import contrast_table, format_contrast_table
 
-    size, trainers = study.size, study.trainers
-    summaries = {t: json.load(open(os.path.join(study.evaluation_folder(t), "summary.json"))) for t in trainers}
-    regions = summaries[trainers[0]]["regions"]
-    short = [short_region_name(r) for r in regions]
-    figures = os.path.join(os.path.dirname(os.path.abspath(report)), "results")
-    os.makedirs(figures, exist_ok=True)
+    size, trainers, seeds = study.size, study.trainers, study.seeds
+    first = json.load(open(os.path.join(study.evaluation_folder(trainers[0], seeds[0]), "summary.json")))
+    regions, subsets = first["regions"], first["subsets"]
+    short = {r: short_region_name(r) for r in regions}
+    folder = lambda t, s: study.evaluation_folder(t, s)  # noqa: E731
+    dice = {t: [read_per_case(os.path.join(folder(t, s), "per_case.csv")) for s in seeds] for t in trainers}
+    hd95 = {t: [read_per_case(os.path.join(folder(t, s), "per_case.csv"), "hd95") for s in seeds] for t in trainers}
+    stats = {t: SeedStatistics({short[r]: [mean_dice(table, r) for table in dice[t]] for r in regions})
+             for t in trainers}
+    mean_hd95 = {t: {short[r]: float(np.mean([mean_dice(table, r) for table in hd95[t]])) for r in regions}
+                 for t in trainers}
+    seed_mean = {t: mean_over_seeds(dice[t]) for t in trainers}
+    ensemble_path = os.path.join(folder(ENSEMBLE, "ensemble"), "per_case.csv")
+    if os.path.isfile(ensemble_path):
+        ensemble = read_per_case(ensemble_path)
+        stats[ENSEMBLE] = SeedStatistics({short[r]: [mean_dice(ensemble, r)] for r in regions})
+        seed_mean[ENSEMBLE] = ensemble
+    ceiling = {}
+    for subset in study.dedicated_subsets:
+        path = os.path.join(folder(dedicated_trainer(subset), "dedicated"), "per_case.csv")
+        if os.path.isfile(path):
+            ceiling.update(read_per_case(path))
+    methods = [t for t in trainers if t not in (REFERENCE, NO_MASKING)]
+    cost = costs()
+    figures_folder = os.path.join(os.path.dirname(os.path.abspath(report)), "results")
+    os.makedirs(figures_folder, exist_ok=True)
+    training_min = {t: np.mean([study.state["training_s"].get(f"{t} seed {s}", np.nan) for s in seeds]) / 60
+                    for t in trainers}
 
-    lines = ["# Results: every trainer over every modality subset", "",
-             f"Produced by `python benchmarks/robustness_study.py --size {study.size_name}"
-             f"{'' if study.custom_length is None else study.custom_length}` on {time.strftime('%Y-%m-%d')} "
-             f"({study.device}). Synthetic BraTS-like data (`nnunet_missingmod.synthetic`): "
-             f"{size.num_train} training and {size.num_test} held-out test cases of shape {tuple(size.shape)}; "
-             f"nnU-Net `{size.configuration}` plans; every trainer {size.epochs} epochs x {size.iterations} "
-             f"iterations (= {size.epochs * size.iterations} iterations) on fold 0; evaluation with "
-             f"`nnUNetv2_evaluate_missing` (test-time mirroring {'on' if size.mirroring else 'off'}) over the 15 "
-             "subsets. Dice in %, HD95 in mm (373.13 when exactly one of prediction and reference is empty; "
-             "docs/metrics.md).", "",
-             "## Mean over the 15 subsets", "",
-             "| Trainer | " + " | ".join(f"Dice {s}" for s in short) + " | " + " | ".join(f"HD95 {s}" for s in short)
-             + " | training time |", "|---|" + "---:|" * (2 * len(short) + 1)]
-    for t in trainers:
-        m = summaries[t]["mean_over_subsets"]
-        lines.append(f"| {t} | " + " | ".join(f"{m[r]['dice'] * 100:.2f}" for r in regions) + " | "
-                     + " | ".join(f"{m[r]['hd95']:.2f}" for r in regions)
-                     + f" | {study.state['training_s'].get(t, float('nan')) / 60:.1f} min |")
-
-    lines += ["", "Training time: wall clock of `nnUNetv2_train` (trainer lookup, training and nnU-Net's final "
-              "validation) on whatever else the machine was running; docs/benchmarks.md has controlled ratios."]
-    if "priors_s" in study.state:
-        lines[-1] += (f" SMMLTrainer also needs LiteMedSAM's priors, computed once per dataset by "
-                      f"`nnUNetv2_smml_priors` before training: {study.state['priors_s'] / 60:.1f} min for the "
-                      f"{size.num_train} training cases.")
+    lines = ["# Results: which trainer to use, measured", "",
+             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({study.device}). Synthetic BraTS-like data "
+             f"(`nnunet_missingmod.synthetic`): {size.num_train} training and {size.num_test} held-out test cases of "
+             f"shape {tuple(size.shape)}; nnU-Net `{size.configuration}` plans; every model {size.epochs} epochs x "
+             f"{size.iterations} iterations (= {size.epochs * size.iterations} iterations) on fold 0, with "
+             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}; "
+             "`nnUNet_missingmod_seed`, docs/training.md); evaluation with `nnUNetv2_evaluate_missing` (test-time "
+             f"mirroring {'on' if size.mirroring else 'off'}) over the {len(subsets)} subsets. Dice in %, HD95 in mm "
+             "(373.13 when exactly one of prediction and reference is empty; docs/metrics.md)."]
     if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(report)), DISCUSSION)):
-        lines += ["", f"What these numbers mean, why a method misses the bar and what was measured to find out: "
-                  f"[{DISCUSSION}]({DISCUSSION}) (written by hand; this page is generated)."]
-    if REFERENCE in trainers and NO_MASKING in trainers:
-        mean_dice = {t: {short_region_name(r): summaries[t]["mean_over_subsets"][r]["dice"] for r in regions}
-                     for t in trainers}
+        lines += ["", f"What the numbers mean and what was measured to explain them: [{DISCUSSION}]({DISCUSSION}) "
+                  "(written by hand; this page is generated)."]
+
+    # which trainer to use
+    lines += ["", "## Which trainer to use", ""]
+    contenders = [t for t in trainers if t != NO_MASKING]
+    for region in ("WT", "TC", "ET"):
+        best = max(contenders, key=lambda t: stats[t].mean[region])
+        difference, verdict = compare(stats[best], stats[REFERENCE], region)
+        text = (f"- **{region}**: best mean Dice {best} ({stats[best].mean[region] * 100:.2f} ± "
+                f"{stats[best].spread[region] * 100:.2f} over seeds)")
+        if best != REFERENCE:
+            text += (f", {difference * 100:+.2f} points against {REFERENCE}: "
+                     + ("within the seed spread, a tie" if verdict == "tie" else "more than the seed spread"))
+        if ceiling and best != REFERENCE:
+            share = gap_closed(seed_mean[best], seed_mean[REFERENCE], ceiling,
+                               next(r for r in regions if short[r] == region))
+            text += f"; closes {share * 100:.0f} % of {REFERENCE}'s gap to the dedicated models"
+        if best in cost:
+            text += f"; trains at {cost[best]:.2f}x nnU-Net's iteration time"
+        lines.append(text + ".")
+    lines += ["", f"{REFERENCE} (nnU-Net with random modality dropout) costs what nnU-Net costs; a method is worth its "
+              "extra training cost where it is above it by more than the seed spread. Costs: docs/benchmarks.md "
+              "(CPU, ratios of iteration time against nnUNetTrainer)."]
+
+    # mean over subsets
+    lines += ["", f"## Mean over the {len(subsets)} subsets", "",
+              f"Mean Dice over the subsets (each the mean over the test cases), mean ± standard deviation over the "
+              f"{len(seeds)} seeds; HD95 the mean over seeds. Training time: wall clock of `nnUNetv2_train` per seed.",
+              "", "| Trainer | " + " | ".join(f"Dice {short[r]}" for r in regions) + " | "
+              + " | ".join(f"HD95 {short[r]}" for r in regions) + " | training time |",
+              "|---|" + "---:|" * (2 * len(regions) + 1)]
+    for t in trainers:
+        lines.append(f"| {t} | " + " | ".join(f"{stats[t].mean[short[r]] * 100:.2f} ± {stats[t].spread[short[r]] * 100:.2f}"
+                                                for r in regions)
+                     + " | " + " | ".join(f"{mean_hd95[t][short[r]]:.2f}" for r in regions)
+                     + f" | {training_min[t]:.1f} min |")
+    if ENSEMBLE in stats:
+        lines.append(f"| {ENSEMBLE} (seeds {seeds[0]} and {seeds[1]}, logits averaged) | "
+                     + " | ".join(f"{stats[ENSEMBLE].mean[short[r]] * 100:.2f}" for r in regions) + " | | | | |")
+    if "priors_s" in study.state:
+        lines += ["", f"SMMLTrainer also needs LiteMedSAM's priors, computed once per dataset by `nnUNetv2_smml_priors` "
+                  f"before training: {study.state['priors_s'] / 60:.1f} min for the {size.num_train} training cases."]
+
+    # the bar
+    if REFERENCE in trainers and methods:
         lines += ["", "## The bar", "",
-                  f"Every method above {REFERENCE} on mean {' and '.join(BAR_REGIONS)} Dice over the 15 subsets, "
-                  f"and above {NO_MASKING} (nnU-Net fed zeroed channels) by at least {WIDE_MARGIN * 100:.0f} "
-                  "Dice points on every region (the smallest margin is shown). Differences in Dice points.", "",
-                  "| Trainer | " + " | ".join(f"{r} vs {REFERENCE}" for r in BAR_REGIONS)
-                  + f" | smallest margin over {NO_MASKING} | meets the bar |",
-                  "|---|" + "---:|" * (len(BAR_REGIONS) + 1) + "---|", *bar_rows(mean_dice)]
+                  f"Each method against {REFERENCE} on mean {' and '.join(BAR_REGIONS)} Dice (difference of the seed "
+                  f"means, in Dice points; a difference within the larger of the two trainers' seed spreads is a "
+                  f"tie, which meets the bar's 'at or above').", "",
+                  "| Trainer | " + " | ".join(f"{r} vs {REFERENCE}" for r in BAR_REGIONS) + " | at or above |",
+                  "|---|" + "---:|" * len(BAR_REGIONS) + "---|", *bar_rows(stats, methods)]
+
+    # paired comparison
     if REFERENCE in trainers:
-        reference = read_per_case(os.path.join(study.evaluation_folder(REFERENCE), "per_case.csv"))
         lines += ["", f"## Paired comparison with {REFERENCE}", "",
-                  "Per test case, Dice averaged over the 15 subsets; the mean over cases of the difference "
-                  "(method minus reference, in Dice points) with a percentile bootstrap 95% interval "
-                  "(10,000 resamples of the cases).", "",
-                  "| Trainer | " + " | ".join(short) + " |", "|---|" + "---:|" * len(short)]
-        for t in trainers:
+                  "Per test case, Dice averaged over the subsets and the seeds; the mean over cases of the difference "
+                  "(method minus reference, Dice points) with a percentile bootstrap 95 % interval over the cases "
+                  "(10,000 resamples), and the difference's spread over seeds (standard deviation of the per-seed "
+                  "mean differences, seeds paired by number). The interval covers the choice of test cases, the "
+                  "spread the training run.", "",
+                  "| Trainer | " + " | ".join(short[r] for r in regions) + " |", "|---|" + "---:|" * len(regions)]
+        for t in [*trainers, *([ENSEMBLE] if ENSEMBLE in seed_mean else [])]:
             if t == REFERENCE:
                 continue
-            method = read_per_case(os.path.join(study.evaluation_folder(t), "per_case.csv"))
             cells = []
             for r in regions:
-                d = paired_difference(method, reference, r)
-                cells.append(f"{d['mean'] * 100:+.2f} [{d['ci95'][0] * 100:+.2f}, {d['ci95'][1] * 100:+.2f}]")
+                d = paired_difference(seed_mean[t], seed_mean[REFERENCE], r)
+                cell = f"{d['mean'] * 100:+.2f} [{d['ci95'][0] * 100:+.2f}, {d['ci95'][1] * 100:+.2f}]"
+                if t in dice and len(seeds) > 1:
+                    per_seed = [mean_dice(a, r) - mean_dice(b, r) for a, b in zip(dice[t], dice[REFERENCE])]
+                    cell += f" ± {np.std(per_seed, ddof=1) * 100:.2f}"
+                cells.append(cell)
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
+
+    # the ceiling
+    if ceiling:
+        covered = [s for s in subsets if any(k[1] == s for k in ceiling)]
+        lines += ["", "## The dedicated ceiling", "",
+                  f"One nnU-Net per subset (`DedicatedTrainer__<subset>`, the other modalities always zero, same "
+                  f"iterations, seed {seeds[0]}), each evaluated on its own subset: what a user gets from a model per "
+                  f"combination of sequences. Dice % per subset (mean over cases); the methods' columns are their "
+                  f"seed means.", "",
+                  "| Subset | " + " | ".join(f"dedicated {short[r]}" for r in regions) + " | "
+                  + " | ".join(f"{REFERENCE} {short[r]}" for r in regions) + " |", "|---|" + "---:|" * (2 * len(regions))]
+        for s in covered:
+            cell = lambda table, r: np.mean([v for (c, ss, rr), v in table.items() if ss == s and rr == r])  # noqa: E731
+            lines.append(f"| {s} | " + " | ".join(f"{cell(ceiling, r) * 100:.2f}" for r in regions) + " | "
+                         + " | ".join(f"{cell(seed_mean[REFERENCE], r) * 100:.2f}" for r in regions) + " |")
+        lines += ["", f"Share of {REFERENCE}'s gap to the dedicated models that each trainer closes, over these "
+                  f"{len(covered)} subsets: (trainer - {REFERENCE}) / (dedicated - {REFERENCE}) of the mean Dice over "
+                  "them. 100 % reaches the ceiling, 0 % is the baseline, negative is below it.", "",
+                  "| Trainer | " + " | ".join(short[r] for r in regions) + " |", "|---|" + "---:|" * len(regions)]
+        for t in [*methods, *([ENSEMBLE] if ENSEMBLE in seed_mean else [])]:
+            lines.append(f"| {t} | " + " | ".join(
+                f"{gap_closed(seed_mean[t], seed_mean[REFERENCE], ceiling, r) * 100:.0f} %" for r in regions) + " |")
+
+    # ensembles
+    if ENSEMBLE in stats:
+        rows = [t for t in trainers if t in TWO_NETWORKS]
+        lines += ["", "## Two networks: what mutual learning adds beyond ensembling", "",
+                  f"SMML deploys two networks and averages their logits; {ENSEMBLE} is {REFERENCE}'s seeds "
+                  f"{seeds[0]} and {seeds[1]} averaged the same way (nnU-Net's logit averaging); "
+                  "SMMLTrainerNoConsistency is SMML's two branches trained apart, without priors. Mean Dice %.", "",
+                  "| Deployed pair | " + " | ".join(short[r] for r in regions) + " |", "|---|" + "---:|" * len(regions)]
+        for t in [ENSEMBLE, *rows]:
+            lines.append(f"| {t} | " + " | ".join(f"{stats[t].mean[short[r]] * 100:.2f}" for r in regions) + " |")
+        for t in rows:
+            verdicts = []
+            for r in BAR_REGIONS:
+                difference = stats[t].mean[r] - stats[ENSEMBLE].mean[r]
+                verdict = "tie" if abs(difference) <= stats[t].spread[r] else ("above" if difference > 0 else "below")
+                verdicts.append(f"{r} {difference * 100:+.2f} ({verdict})")
+            lines.append(f"\n{t} against {ENSEMBLE}: " + ", ".join(verdicts) + " (a difference within its seed "
+                         "spread is a tie).")
 
     shares = loss_term_rows(study, trainers)
     if shares:
         lines += ["", "## What drove training: each loss term's share of the step", "",
-                  "From each model's checkpoint (docs/training.md): per term, its share of the gradient step "
-                  "on the deployed network, <g_i, g>/|g|^2, in the last sampled step of training (shares add "
-                  "up to 100 %; negative: against the step); and the fraction of all training steps in which "
-                  "nnU-Net's gradient clip (norm 12) engaged on the deployed network.", "",
+                  f"From each model's checkpoint (seed {seeds[0]}; docs/training.md): per term, its share of the "
+                  "gradient step on the deployed network, <g_i, g>/|g|^2, in the last sampled step of training "
+                  "(shares add up to 100 %; negative: against the step); and the fraction of all training steps in "
+                  "which nnU-Net's gradient clip (norm 12) engaged.", "",
                   "| Trainer | epoch | shares of the step | clip engaged |", "|---|---:|---|---:|", *shares]
 
-    lines += ["", "## Per subset", ""]
+    # figures
+    lines += ["", "## Pictures", ""]
+    compared = comparison_figure(study, trainers, os.path.join(figures_folder, "comparison.png"))
+    if compared:
+        lines += ["Every trainer (rows) on the first test case under every subset (columns); edema green, "
+                  "necrosis red, enhancing tumour yellow:", "", "![every trainer](results/comparison.png)", ""]
     for t in trainers:
-        shutil.copy(os.path.join(study.evaluation_folder(t), "heatmap.png"), os.path.join(figures, f"{t}.png"))
-        with open(os.path.join(study.evaluation_folder(t), "table.md")) as f:
-            table = f.read().strip()
-        if table.startswith("## "):  # the evaluation's own title; this report's heading replaces it
-            table = table.split("\n", 1)[1].strip()
-        lines += [f"### {t}", "", table, "", f"![{t}](results/{t}.png)", ""]
+        source = os.path.join(folder(t, seeds[0]), "figures")
+        if os.path.isdir(source) and os.listdir(source):
+            shutil.copy(os.path.join(source, sorted(os.listdir(source))[0]), os.path.join(figures_folder, f"{t}_case.png"))
+            lines += [f"<details><summary>{t}: the modalities, the reference and every subset</summary>", "",
+                      f"![{t}](results/{t}_case.png)", "", "</details>", ""]
+
+    lines += ["## Per subset", "", "Mean over the seeds of each case's Dice and HD95, then the evaluation's table; "
+              f"heat map of seed {seeds[0]}.", ""]
+    for t in trainers:
+        shutil.copy(os.path.join(folder(t, seeds[0]), "heatmap.png"), os.path.join(figures_folder, f"{t}.png"))
+        lines += [f"### {t}", "", per_subset_table(dice[t], hd95[t], subsets, regions), "",
+                  f"![{t}](results/{t}.png)", ""]
 
     lines += ["## The data: contrast of each compartment in each modality", "",
               "Contrast-to-noise ratio of each compartment against the surrounding tissue, per modality "
@@ -339,9 +621,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="work folder; rerun the same command to resume")
     parser.add_argument("--size", default="cpu", choices=sorted(SIZES), help="preset (default cpu)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the preset's)")
+    parser.add_argument("--trainers", nargs="+", help="trainers (default: the preset's)")
+    parser.add_argument("--dedicated", choices=("all", "singles", "none"),
+                        help="dedicated models: one per subset, per single modality and the full set, or none "
+                             "(default: the preset's)")
     parser.add_argument("--epochs", type=int, help="epochs per trainer (overrides the preset)")
     parser.add_argument("--iterations", type=int, help="iterations per epoch (overrides the preset)")
-    parser.add_argument("--trainers", nargs="+", default=TRAINERS)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report", default=os.path.join(REPO, "docs", "results.md"))
     args = parser.parse_args()
@@ -350,15 +636,15 @@ def main() -> None:
     custom = {k: v for k, v in (("epochs", args.epochs), ("iterations", args.iterations)) if v}
     if custom:
         size = Size(**{**asdict(size), **custom})
-    study = Study(os.path.abspath(args.work), size, args.trainers, args.device)
-    study.size_name = args.size
-    study.custom_length = "".join(f" --{k} {v}" for k, v in custom.items()) or None
+    trainers = list(args.trainers or size.trainers)
+    if REFERENCE not in trainers:
+        parser.error(f"--trainers must include {REFERENCE}, the reference of every comparison")
+    study = Study(os.path.abspath(args.work), size, trainers, list(args.seeds or size.seeds),
+                  args.dedicated or size.dedicated, args.device)
     start = time.time()
-    study.prepare_data()
-    for trainer in args.trainers:
-        study.train(trainer)
-        study.evaluate(trainer)
-    write_report(study, os.path.abspath(args.report))
+    study.run_all()
+    command = "python benchmarks/robustness_study.py " + " ".join(sys.argv[1:])
+    write_report(study, os.path.abspath(args.report), command)
     log(f"study finished in {(time.time() - start) / 60:.1f} min")
 
 

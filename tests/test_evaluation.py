@@ -21,7 +21,7 @@ def evaluation(nnunet_folders, raw_dataset, trained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation") / "all_subsets"
     result = run(["nnUNetv2_evaluate_missing", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0",
                   "-i", os.path.join(raw_dataset, "imagesTs"), "-o", out, "-device", "cpu", "--disable_tta",
-                  "--save_predictions"], clean_env(nnunet_folders))
+                  "--save_predictions", "--figures", "1"], clean_env(nnunet_folders))
     return out, result
 
 
@@ -98,3 +98,42 @@ def test_subset_choice_and_refusal_to_overwrite(predictor, raw_dataset, tmp_path
     with pytest.raises(FileExistsError, match="--overwrite"):
         evaluate_missing(*args, subsets=["T1"], show_progress=False)
     assert evaluate_missing(*args, subsets=["T1"], overwrite=True, show_progress=False)["subsets"] == ["T1"]
+
+
+def test_figures_show_the_first_case_under_every_subset(evaluation, raw_dataset):
+    out, _ = evaluation
+    first = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(raw_dataset, "labelsTs")))[0]
+    assert sorted(os.listdir(out / "figures")) == [f"{first}.png"]
+    from PIL import Image
+    with Image.open(out / "figures" / f"{first}.png") as picture:  # 4 modalities, reference, 15 subsets, legend
+        assert picture.width > 1000 and picture.height > 600
+
+
+def test_a_model_ensembled_with_another_averages_their_logits(trained_model, predictor, raw_dataset, tmp_path):
+    """--ensemble_with: nnU-Net's own averaging over parameter sets, here two models' weights."""
+    import torch
+
+    from nnunet_missingmod.inference.model import ensemble_with, load_predictor
+    other = tmp_path / "other_model"
+    shutil.copytree(trained_model["folder"], other)
+    checkpoint = torch.load(other / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint["network_weights"] = {k: v * 0.9 if v.is_floating_point() else v
+                                     for k, v in checkpoint["network_weights"].items()}
+    torch.save(checkpoint, other / "fold_0" / "checkpoint_final.pth")
+
+    def single(folder):
+        return load_predictor(str(folder), folds=[0], device=torch.device("cpu"), use_mirroring=False)
+
+    torch.manual_seed(0)
+    data = torch.randn(4, 40, 48, 40)
+    mine, theirs = single(trained_model["folder"]), single(other)
+    pair = single(trained_model["folder"])
+    ensemble_with(pair, [str(other)], folds=[0])
+    assert len(pair.list_of_parameters) == 2
+    expected = (mine.predict_logits_from_preprocessed_data(data) + theirs.predict_logits_from_preprocessed_data(data)) / 2
+    torch.testing.assert_close(pair.predict_logits_from_preprocessed_data(data), expected, rtol=1e-4, atol=1e-4)
+
+    checkpoint["trainer_name"] = "FullModalityTrainer"
+    torch.save(checkpoint, other / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(ValueError, match="only models of the same trainer"):
+        ensemble_with(single(trained_model["folder"]), [str(other)], folds=[0])

@@ -479,3 +479,36 @@ def test_train_step_is_synchronised_under_ddp(preprocessed):
     from ddp_check import check_ddp_train_steps
     moved = check_ddp_train_steps("test_magms:SmallMAGMSTrainerMasked", preprocessed, CONFIGURATION, steps=2)
     assert set(moved) == {"network"}
+
+
+def test_the_sgd_calibrations_scale_the_gradients_they_say(preprocessed):
+    """'loss' divides every gradient by 1 + M; 'shared_decoder' only the decoder's; 'none' is the
+    reference's sum. Same weights, same batch."""
+    import copy
+
+    from nnunet_missingmod.training import MAGMSTrainerDecoderMean
+
+    class Reference(MAGMSTrainer):
+        sgd_calibration = "none"
+
+    trainers = {}
+    for name, cls in (("none", Reference), ("loss", MAGMSTrainer), ("shared_decoder", MAGMSTrainerDecoderMean)):
+        trainers[name] = make_trainer(cls, preprocessed)
+        trainers[name].initialize()
+    state = copy.deepcopy(trainers["none"].network.state_dict())
+    x = image(SMALL_PATCH)
+    target = [torch.rand(2, 3, *[s // f for s in SMALL_PATCH]).round() for f in (1, 2, 4)]
+    gradients = {}
+    for name, trainer in trainers.items():
+        trainer.network.load_state_dict(state)
+        trainer.network.train()
+        sum(trainer.compute_loss(trainer.network(x), target).values()).backward()
+        gradients[name] = {n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None}
+    paths = 5
+    for n, g in gradients["none"].items():
+        torch.testing.assert_close(gradients["loss"][n], g / paths)
+        torch.testing.assert_close(gradients["shared_decoder"][n], g / paths if n.startswith("decoder.") else g)
+    with pytest.raises(ValueError, match="sgd_calibration"):
+        class Wrong(MAGMSTrainer):
+            sgd_calibration = "adam"
+        make_trainer(Wrong, preprocessed)

@@ -73,16 +73,44 @@ def test_per_case_csv_is_read_as_the_evaluation_writes_it(tmp_path):
                                               ("case_0001", "T1+T1ce", "enhancing_tumor"): 1.0}
 
 
-def test_the_bar_needs_gains_over_the_baseline_and_a_wide_margin_over_unmasked_nnunet():
-    mean_dice = {
-        "FullModalityTrainer": {"WT": 0.40, "TC": 0.30, "ET": 0.40},
-        "ModalityDropoutTrainer": {"WT": 0.50, "TC": 0.40, "ET": 0.45},
-        "MethodA": {"WT": 0.52, "TC": 0.41, "ET": 0.46},  # above the baseline, >= 5 points above Full
-        "MethodB": {"WT": 0.60, "TC": 0.39, "ET": 0.50},  # TC below the baseline
-        "MethodC": {"WT": 0.44, "TC": 0.41, "ET": 0.46},  # WT only 4 points above Full
-    }
-    rows = {row.split(" | ")[0].strip("| "): row for row in study.bar_rows(mean_dice)}
-    assert set(rows) == {"MethodA", "MethodB", "MethodC"}
-    assert rows["MethodA"].endswith("| yes |") and "+1.00 | +1.00 | +6.00" in rows["MethodA"]
-    assert rows["MethodB"].endswith("| **no** |") and "-1.00" in rows["MethodB"]
-    assert rows["MethodC"].endswith("| **no** |") and "+4.00" in rows["MethodC"]
+def statistics(**per_seed):
+    return study.SeedStatistics({region: list(values) for region, values in per_seed.items()})
+
+
+def test_a_difference_within_the_seed_spread_is_a_tie():
+    reference = statistics(TC=(0.40, 0.42, 0.44), ET=(0.50, 0.50, 0.50))  # TC spread 0.02
+    close = statistics(TC=(0.43, 0.43, 0.43), ET=(0.55, 0.56, 0.57))  # TC +0.01, ET +0.06 (spread 0.01)
+    below = statistics(TC=(0.30, 0.31, 0.32), ET=(0.49, 0.50, 0.51))
+    assert study.compare(close, reference, "TC") == (pytest.approx(0.01), "tie")
+    assert study.compare(close, reference, "ET") == (pytest.approx(0.06), "above")
+    assert study.compare(below, reference, "TC")[1] == "below"
+    assert study.compare(below, reference, "ET")[1] == "tie"
+    stats = {"ModalityDropoutTrainer": reference, "Close": close, "Below": below}
+    rows = {row.split(" | ")[0].strip("| "): row for row in study.bar_rows(stats, ["Close", "Below"])}
+    assert rows["Close"].endswith("| yes |") and "+1.00 (tie)" in rows["Close"] and "+6.00 (above)" in rows["Close"]
+    assert rows["Below"].endswith("| **no** |") and "(below)" in rows["Below"]
+
+
+def test_one_seed_has_no_spread():
+    one = statistics(TC=(0.4,))
+    assert one.spread["TC"] == 0 and one.mean["TC"] == pytest.approx(0.4)
+
+
+def test_share_of_the_gap_to_the_ceiling():
+    reference = {**table({"a": (0.2, 0.4, 0.6)}), **table({"b": (0.2, 0.4, 0.6)})}
+    ceiling = {k: v + 0.2 for k, v in reference.items() if k[1] in ("T1", "T1ce")}  # two subsets dedicated
+    half = {k: v + 0.1 for k, v in reference.items()}
+    assert study.gap_closed(half, reference, ceiling, "whole_tumor") == pytest.approx(0.5)
+    assert study.gap_closed(reference, reference, ceiling, "whole_tumor") == pytest.approx(0.0)
+    worse = {k: v - 0.2 for k, v in reference.items()}
+    assert study.gap_closed(worse, reference, ceiling, "whole_tumor") == pytest.approx(-1.0)
+
+
+def test_seed_means_and_mean_dice():
+    a = table({"a": (0.2, 0.4, 0.6), "b": (0.0, 0.0, 0.0)})
+    b = {k: v + 0.2 for k, v in a.items()}
+    mean = study.mean_over_seeds([a, b])
+    assert mean[("a", "T1", "whole_tumor")] == pytest.approx(0.3)
+    assert study.mean_dice(a, "whole_tumor") == pytest.approx(np.mean([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="different cases"):
+        study.mean_over_seeds([a, {**b, ("c", "T1", "whole_tumor"): 0.5}])

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from nnunet_missingmod.inference.cases import CaseError, attach_labels, find_cases, read_case, read_label
+from nnunet_missingmod.inference.figures import case_figure
 from nnunet_missingmod.inference.metrics import region_metrics, regions_from_dataset_json
 from nnunet_missingmod.inference.model import add_model_arguments, predictor_from_args
 from nnunet_missingmod.inference.reports import write_reports
@@ -39,8 +40,12 @@ def default_label_folder(image_folder: str) -> str:
 
 def evaluate_missing(predictor, image_folder: str, label_folder: str, output_folder: str,
                      subsets: Optional[Sequence[str]] = None, save_predictions: bool = False,
-                     overwrite: bool = False, show_progress: bool = True) -> dict:
-    """Score ``predictor`` on every case of ``image_folder`` under each subset; returns the summary."""
+                     overwrite: bool = False, show_progress: bool = True, figures: int = 0) -> dict:
+    """Score ``predictor`` on every case of ``image_folder`` under each subset; returns the summary.
+
+    ``figures``: for the first ``figures`` cases, a picture of the modalities, the reference and
+    the prediction under each subset (``figures/<case>.png``, :mod:`.figures`).
+    """
     dataset_json = predictor.dataset_json
     modalities = Modalities.from_dataset_json(dataset_json)
     file_ending = dataset_json["file_ending"]
@@ -77,8 +82,10 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
     records = []
     progress = tqdm(total=len(cases) * len(subset_indices), desc="evaluating", unit="prediction",
                     disable=not show_progress)
+    figure_cases = set(sorted(cases)[:figures])
     for case in cases.values():
         raw, raw_properties, _ = read_case(case, modalities, reader)
+        pictured = {}
         reference, label_properties = read_label(case, reader, raw.shape[1:])
         if preprocess_once:
             full, properties = preprocess(raw, raw_properties)
@@ -100,10 +107,16 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
                 folder = os.path.join(output_folder, "predictions", subset_name)
                 os.makedirs(folder, exist_ok=True)
                 reader.write_seg(prediction, os.path.join(folder, case.case_id + file_ending), raw_properties)
+            if case.case_id in figure_cases:
+                pictured[subset_name] = prediction
             scores = region_metrics(prediction, reference, regions, label_properties["spacing"])
             for region, values in scores.items():
                 records.append({"case": case.case_id, "subset": subset_name, "region": region, **values})
             progress.update()
+        if pictured:
+            case_figure(raw, modalities.names, reference, pictured, dataset_json,
+                        os.path.join(output_folder, "figures", f"{case.case_id}.png"),
+                        title=f"{predictor.trainer_name}: {case.case_id}")
     progress.close()
     title = f"{predictor.trainer_name} on {os.path.basename(os.path.normpath(image_folder))} ({len(cases)} cases)"
     return write_reports(records, subset_names, list(regions), output_folder, title=title)
@@ -121,6 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--subsets", nargs="+", default=None,
                         help="only these subsets, e.g. T1ce+FLAIR T2 all (default: all 2^M-1)")
     parser.add_argument("--save_predictions", action="store_true", help="also write every prediction")
+    parser.add_argument("--figures", type=int, default=0, metavar="K",
+                        help="a picture of each of the first K cases under every subset (figures/<case>.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing evaluation")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
@@ -128,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         predictor = predictor_from_args(args)
         evaluate_missing(predictor, args.image_folder, label_folder, args.output_folder, args.subsets,
-                         args.save_predictions, args.overwrite)
+                         args.save_predictions, args.overwrite, figures=args.figures)
     except (CaseError, FileExistsError, FileNotFoundError, ValueError) as e:
         sys.exit(f"nnUNetv2_evaluate_missing: error: {e}")
     with open(os.path.join(args.output_folder, "table.md")) as f:

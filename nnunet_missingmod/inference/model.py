@@ -32,6 +32,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("-f", dest="folds", nargs="+", default=None,
                        help="folds to ensemble (default: every fold_X found in the model folder)")
     model.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    model.add_argument("--ensemble_with", nargs="+", default=(), metavar="MODEL_FOLDER",
+                       help="more trained model folders of the same trainer, plans and configuration (e.g. other "
+                            "seeds): their folds' logits are averaged with the model's, as nnU-Net ensembles folds")
     run = parser.add_argument_group("inference (as nnUNetv2_predict)")
     run.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     run.add_argument("--disable_tta", action="store_true", help="no test-time mirroring (4-8x faster)")
@@ -85,6 +88,33 @@ def load_predictor(model_folder: str, folds: Optional[Sequence] = None, checkpoi
     return predictor
 
 
+def ensemble_with(predictor, model_folders: Sequence[str], folds: Optional[Sequence] = None,
+                  checkpoint: str = "checkpoint_final.pth") -> None:
+    """Average ``predictor``'s logits with those of more trained models of the same kind.
+
+    nnU-Net's predictor averages the logits of every parameter set in its ``list_of_parameters``
+    (one per fold); the other models' checkpoints join that list. They must share the trainer, the
+    plans and the configuration, which is checked.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    for folder in model_folders:
+        other = nnUNetPredictor(device=torch.device("cpu"))
+        other.initialize_from_trained_model_folder(folder, None if folds is None else
+                                                   [f if f == "all" else int(f) for f in folds],
+                                                   checkpoint_name=checkpoint)
+        mine = (predictor.trainer_name, predictor.configuration_manager.configuration, predictor.plans_manager.plans)
+        theirs = (other.trainer_name, other.configuration_manager.configuration, other.plans_manager.plans)
+        if mine != theirs:
+            raise ValueError(f"--ensemble_with {folder}: it is a {other.trainer_name} model on other plans or "
+                             f"another configuration than {predictor.trainer_name}'s; only models of the same "
+                             f"trainer, plans and configuration can be averaged")
+        predictor.list_of_parameters.extend(other.list_of_parameters)
+
+
 def predictor_from_args(args: argparse.Namespace):
-    return load_predictor(model_folder_from_args(args), args.folds, args.checkpoint, device_from_name(args.device),
-                          use_mirroring=not args.disable_tta, tile_step_size=args.step_size, verbose=args.verbose)
+    predictor = load_predictor(model_folder_from_args(args), args.folds, args.checkpoint,
+                               device_from_name(args.device), use_mirroring=not args.disable_tta,
+                               tile_step_size=args.step_size, verbose=args.verbose)
+    if getattr(args, "ensemble_with", ()):
+        ensemble_with(predictor, args.ensemble_with, args.folds, args.checkpoint)
+    return predictor

@@ -14,11 +14,11 @@ import torch
 from nnunet_missingmod.losses.self_distillation import distillation_kl, feature_mse
 from nnunet_missingmod.modalities import available_modalities
 from nnunet_missingmod.networks.modality_fusion_unet import FusionTrainingOutput, ModalityFusionUNet
-from nnunet_missingmod.training.base import MissingModalityTrainer
+from nnunet_missingmod.training.base import MissingModalityTrainer, unwrap
 from nnunet_missingmod.training.nnunet_internals import segmentation_loss
 
 __all__ = ["MAGMSTrainer", "MAGMSTrainerMasked", "MAGMSTrainerNoDistillation", "MAGMSTrainerDetachedTarget",
-           "MAGMSTrainerSampledPath"]
+           "MAGMSTrainerSampledPath", "MAGMSTrainerDecoderMean"]
 
 Output = torch.Tensor | list[torch.Tensor]
 
@@ -28,19 +28,26 @@ class MAGMSTrainer(MissingModalityTrainer):
 
     Loss (the reference code's terms and weights)::
 
-        L = [ seg(fused) + single_segmentation_weight * sum_m seg(single_m)
-              + lambda * sum_m T^2 KL(fused || single_m)        (full-resolution output, per voxel)
-              + gamma  * sum_m MSE(features_m, fused features) ] / (1 + M)
+        L = seg(fused) + single_segmentation_weight * sum_m seg(single_m)
+            + lambda * sum_m T^2 KL(fused || single_m)        (full-resolution output, per voxel)
+            + gamma  * sum_m MSE(features_m, fused features)
 
     ``seg`` is nnU-Net's deep-supervised loss (DC+CE, or BCE+Dice for region datasets, where the
     KL is the Bernoulli KL of each region's sigmoid, averaged over the regions as nnU-Net's BCE
     averages them). A single-modality output counts only for the samples in which its modality is
     present.
 
-    The division by the 1 + M paths (``normalise_by_paths``) is this port's: the reference trains
-    with Adam, which is blind to a constant factor on the loss, so the sum over paths is harmless
-    there; under nnU-Net's SGD it would make the shared decoder's step (1 + M) times nnU-Net's.
-    Dividing keeps every ratio between the terms the reference's.
+    ``sgd_calibration`` is this port's: the reference trains with Adam, whose step is about the
+    same size for every parameter whatever the scale of its gradient, so the sum over 1 + M paths
+    is harmless there. Under nnU-Net's SGD the step is the gradient, and the shared decoder, which
+    every path goes through, would step (1 + M) times as far as nnU-Net's. Two remedies, both
+    keeping every ratio between the terms the reference's (docs/magms.md):
+
+    - ``"loss"``: the loss divided by 1 + M. The decoder steps at nnU-Net's scale, each encoder at
+      about 1 / (1 + M) of it (its own path and 1/M of the fused one, divided by 1 + M);
+    - ``"shared_decoder"``: the decoder's gradient divided by the 1 + M paths that share it, each
+      encoder and projection keeping the gradient of its own terms: every parameter near
+      nnU-Net's scale, as Adam would have it.
 
     Class attributes (override in a subclass):
         self_distillation_weight: lambda, the weight of the KL term.
@@ -49,7 +56,7 @@ class MAGMSTrainer(MissingModalityTrainer):
         single_segmentation_weight: weight of the single-modality segmentation losses.
         detach_fused_target: stop gradients into the fused side of KL and MSE (the reference
             code does not).
-        normalise_by_paths: divide the loss by 1 + M (see above).
+        sgd_calibration: ``"loss"``, ``"shared_decoder"`` (see above) or ``"none"`` (the reference's sum).
         sample_single_path: decode one present modality per sample instead of all M; the
             single-modality segmentation and KL of that path are scaled by the sample's number of
             present modalities (an unbiased estimate of their sum), the feature MSE stays exact.
@@ -62,12 +69,15 @@ class MAGMSTrainer(MissingModalityTrainer):
     temperature: float = 1.0
     single_segmentation_weight: float = 1.0
     detach_fused_target: bool = False
-    normalise_by_paths: bool = True
+    sgd_calibration: str = "loss"
     sample_single_path: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.sgd_calibration not in ("loss", "shared_decoder", "none"):
+            raise ValueError(f"{type(self).__name__}.sgd_calibration must be 'loss', 'shared_decoder' or 'none', "
+                             f"got {self.sgd_calibration!r}")
         if self.configuration_manager.previous_stage_name is not None:
             raise ValueError(f"{type(self).__name__} cannot train the cascade configuration {configuration}: its "
                              f"extra input channels (the previous stage's segmentation) are not modalities")
@@ -87,6 +97,10 @@ class MAGMSTrainer(MissingModalityTrainer):
         # nnU-Net pools batch-Dice statistics over the ranks, which needs the same batch on every
         # rank; sub-batches differ, so this loss pools over this process's samples only.
         self.single_modality_loss = segmentation_loss(self, ddp=False) if self.is_ddp else self.loss
+        if self.sgd_calibration == "shared_decoder":
+            paths = 1 + len(self.modalities)
+            for parameter in unwrap(self.network).decoder.parameters():
+                parameter.register_hook(lambda gradient: gradient / paths)
 
     def on_train_start(self):
         super().on_train_start()
@@ -94,7 +108,7 @@ class MAGMSTrainer(MissingModalityTrainer):
             f"MAG-MS: lambda (self_distillation_weight) {self.self_distillation_weight}, gamma "
             f"(feature_distillation_weight) {self.feature_distillation_weight}, T {self.temperature}, single-modality "
             f"segmentation weight {self.single_segmentation_weight}, fused target detached: {self.detach_fused_target}, "
-            f"loss divided by 1 + M: {self.normalise_by_paths}, one single path decoded per sample: "
+            f"SGD calibration: {self.sgd_calibration}, one single path decoded per sample: "
             f"{self.sample_single_path}")
 
     # --- training ------------------------------------------------------------------------------
@@ -143,7 +157,7 @@ class MAGMSTrainer(MissingModalityTrainer):
                 teacher = [f.detach() for f in teacher]
             mse = feature_mse(teacher, output.single_features, channel_dim=2)
             terms["feature_distillation"] = self.feature_distillation_weight * _sum_over_present(mse, weights)
-        if self.normalise_by_paths:
+        if self.sgd_calibration == "loss":
             terms = {name: value / num_paths for name, value in terms.items()}
         return terms
 
@@ -183,6 +197,13 @@ class MAGMSTrainerDetachedTarget(MAGMSTrainer):
     KL and feature terms move the single-modality paths only, never the fused path."""
 
     detach_fused_target = True
+
+
+class MAGMSTrainerDecoderMean(MAGMSTrainer):
+    """MAG-MS with the other SGD calibration: the shared decoder's gradient averaged over the 1 + M
+    paths, every encoder and projection stepping on the gradient of its own terms."""
+
+    sgd_calibration = "shared_decoder"
 
 
 class MAGMSTrainerSampledPath(MAGMSTrainer):
