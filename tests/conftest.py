@@ -101,3 +101,13 @@ def predictor(trained_model):
 def load_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def make_trainer(cls, preprocessed: str, fold: int = 1, dataset_json: dict | None = None, plans: dict | None = None,
+                 configuration: str = CONFIGURATION):
+    """A trainer built in process, as nnUNetv2_train builds it, on fold 1 by default (the commands
+    train fold 0), not initialised."""
+    import torch
+    plans = dict(plans or load_json(os.path.join(preprocessed, "nnUNetPlans.json")), continue_training=False)
+    return cls(plans, configuration, fold, dataset_json or load_json(os.path.join(preprocessed, "dataset.json")),
+               torch.device("cpu"))

@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, load_json, run, training_env
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, make_trainer, run, training_env
 from nnunet_missingmod.training.dedicated import DedicatedSubsetTrainer, SubsetInput
 
 TRAINER = "DedicatedTrainer__T1ce_FLAIR"
-
-
-def make(cls, preprocessed, dataset_json=None):
-    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    return cls(plans, CONFIGURATION, 1, dataset_json or load_json(os.path.join(preprocessed, "dataset.json")),
-               torch.device("cpu"))
 
 
 def test_train_and_predict_with_nnunet_commands(nnunet_folders, preprocessed, raw_dataset, tmp_path):
@@ -36,7 +29,7 @@ def test_train_and_predict_with_nnunet_commands(nnunet_folders, preprocessed, ra
 
 def test_training_masks_to_the_subset_and_the_network_ignores_other_channels(preprocessed):
     import nnunet_missingmod.training as training
-    trainer = make(getattr(training, TRAINER), preprocessed)
+    trainer = make_trainer(getattr(training, TRAINER), preprocessed)
     assert trainer.subset_channels == (1, 3)
     transform = trainer.build_masking_transform()
     np.random.seed(0)
@@ -59,9 +52,9 @@ def test_a_subset_the_dataset_lacks_is_refused(preprocessed):
         subset = ("PD",)
 
     with pytest.raises(ValueError, match="trains on PD, which dataset .* does not have"):
-        make(PDOnly, preprocessed)
+        make_trainer(PDOnly, preprocessed)
     with pytest.raises(ValueError, match="names no subset"):
-        make(DedicatedSubsetTrainer, preprocessed)
+        make_trainer(DedicatedSubsetTrainer, preprocessed)
 
 
 def test_one_trainer_per_brats_subset():

@@ -4,7 +4,6 @@ against the installed nnU-Net: an upgrade that changes any of it fails here, wit
 from __future__ import annotations
 
 import inspect
-import os
 
 import numpy as np
 import torch
@@ -14,15 +13,12 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 import nnunet_missingmod.training as training
-from conftest import CONFIGURATION, load_json
+from conftest import make_trainer
 from nnunet_missingmod.training import nnunet_internals as internals
 
 
 def _plain_trainer(preprocessed):
-    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    return nnUNetTrainer(plans, CONFIGURATION, 1, load_json(os.path.join(preprocessed, "dataset.json")),
-                         torch.device("cpu"))
+    return make_trainer(nnUNetTrainer, preprocessed)
 
 
 def test_trainer_init_signature_is_what_nnunet_reads_back():

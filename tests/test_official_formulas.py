@@ -12,7 +12,6 @@ check that the deployed network's loss goes down.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CONFIGURATION, load_json
+from conftest import load_json, make_trainer
 import magnet.losses.distillation as magnet
 from nnunet_missingmod.losses.attention_distillation import extreme_value_attention_loss, multiscale_feature_loss
 from nnunet_missingmod.losses.consistency import pixel_consistency, prior_consistency, reliability_gated_kl
@@ -320,15 +319,12 @@ def test_smml_pixel_and_prior_consistency_are_the_documented_definitions():
 
 # --- one step with every term on moves the deployed network's loss down -----------------------------
 
-def _trainer(cls, preprocessed, regions=True, fold=1):
-    from nnunet_missingmod.training.base import MissingModalityTrainer  # noqa: F401  (import side effects)
-    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    plans["continue_training"] = False
+def _trainer(cls, preprocessed, regions=True):
     dataset = load_json(os.path.join(preprocessed, "dataset.json"))
     if not regions:
         dataset = dict(dataset, labels={"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3})
         dataset.pop("regions_class_order", None)
-    return cls(plans, CONFIGURATION, fold, dataset, torch.device("cpu"))
+    return make_trainer(cls, preprocessed, dataset_json=dataset)
 
 
 def _fixed_batch(trainer, batch_size=2):

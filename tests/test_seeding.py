@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, load_json, run, training_env
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, make_trainer, run, training_env
 from nnunet_missingmod.training.seeding import SEED_VARIABLE, derived_seed, seed_from_environment
 
 FOLD = 2  # away from the folds other tests train
@@ -41,13 +41,10 @@ def test_the_same_seed_gives_the_same_checkpoint(nnunet_folders, preprocessed, t
 def test_the_batch_stream_does_not_depend_on_the_number_of_workers(preprocessed, monkeypatch):
     from nnunet_missingmod.training import ModalityDropoutTrainer
     monkeypatch.setenv(SEED_VARIABLE, "3")
-    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    dataset = load_json(os.path.join(preprocessed, "dataset.json"))
     sums = []
     for workers in ("0", "2"):
         monkeypatch.setenv("nnUNet_n_proc_DA", workers)
-        trainer = ModalityDropoutTrainer(dict(plans, continue_training=False), CONFIGURATION, FOLD, dataset,
-                                         torch.device("cpu"))
+        trainer = make_trainer(ModalityDropoutTrainer, preprocessed, fold=FOLD)
         trainer.initialize()
         train, validation = trainer.get_dataloaders()
         sums.append([float(next(train)["data"].double().sum()) for _ in range(3)])

@@ -17,8 +17,8 @@ from nnunet_missingmod.networks.modality_fusion_unet import FusionTrainingOutput
 from nnunet_missingmod.training.base import MissingModalityTrainer, unwrap
 from nnunet_missingmod.training.nnunet_internals import segmentation_loss
 
-__all__ = ["MAGMSTrainer", "MAGMSTrainerMasked", "MAGMSTrainerNoDistillation", "MAGMSTrainerDetachedTarget",
-           "MAGMSTrainerSampledPath", "MAGMSTrainerDecoderMean"]
+__all__ = ["MAGMSTrainer", "MAGMSTrainerMasked", "MAGMSTrainerNoDistillation", "MAGMSTrainerNoFeatureDistillation",
+           "MAGMSTrainerDetachedTarget", "MAGMSTrainerSampledPath", "MAGMSTrainerDecoderMean"]
 
 Output = torch.Tensor | list[torch.Tensor]
 
@@ -189,6 +189,12 @@ class MAGMSTrainerNoDistillation(MAGMSTrainer):
     """The ablation without self-distillation: segmentation losses on the fused and single outputs only."""
 
     self_distillation_weight = 0.0
+    feature_distillation_weight = 0.0
+
+
+class MAGMSTrainerNoFeatureDistillation(MAGMSTrainer):
+    """The ablation without the feature MSE (gamma = 0): the KL self-distillation alone."""
+
     feature_distillation_weight = 0.0
 
 
