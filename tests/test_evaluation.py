@@ -82,6 +82,15 @@ def test_bad_input_is_refused_with_a_clear_message(predictor, raw_dataset, tmp_p
     with pytest.raises(ValueError, match="unknown modality 'PD'"):
         evaluate_missing(predictor, images, os.path.join(raw_dataset, "labelsTs"), str(tmp_path / "out"),
                          subsets=["T1+PD"], show_progress=False)
+    misplaced = tmp_path / "misplaced_labels"
+    shutil.copytree(os.path.join(raw_dataset, "labelsTs"), misplaced)
+    last = sorted(os.listdir(misplaced))[-1]
+    label = sitk.ReadImage(str(misplaced / last))
+    label.SetOrigin([o + 20 for o in label.GetOrigin()])
+    sitk.WriteImage(label, str(misplaced / last))
+    with pytest.raises(CaseError, match=rf"{last} \(the label\) does not match .*: origin"):
+        evaluate_missing(predictor, images, str(misplaced), str(tmp_path / "misplaced_out"), show_progress=False)
+    assert not (tmp_path / "misplaced_out").exists()  # checked before the first prediction
     incomplete = tmp_path / "incomplete"
     shutil.copytree(images, incomplete)
     os.remove(incomplete / sorted(os.listdir(incomplete))[1])

@@ -77,15 +77,21 @@ def test_every_modality_missing_is_refused_before_predicting(predictor, raw_data
     assert not os.path.exists(tmp_path / "out") or not [f for f in os.listdir(tmp_path / "out") if f.endswith(".nii.gz")]
 
 
-def test_geometry_mismatch_names_the_file(predictor, raw_dataset, tmp_path):
+def test_a_bad_case_in_the_middle_stops_the_run_before_anything_is_written(predictor, raw_dataset, tmp_path):
+    """Every case's headers are checked first: with the bad case last in order, no earlier case's
+    prediction (nor anything else) is written, and the message names the file."""
     images = tmp_path / "images"
     _copy_cases(_test_images(raw_dataset), images)
-    bad = sorted(f for f in os.listdir(images) if f.endswith("_0002.nii.gz"))[0]
+    for name in sorted(os.listdir(images)):  # a third case after the two good ones, copied from the first
+        if name.startswith(sorted(os.listdir(images))[0][:-len("_0000.nii.gz")]):
+            shutil.copy(images / name, images / ("zz_last" + name[-len("_0000.nii.gz"):]))
+    bad = sorted(f for f in os.listdir(images) if f.endswith("_0002.nii.gz"))[1]  # the second case of three
     image = sitk.ReadImage(str(images / bad))
     image.SetSpacing([s * 1.5 for s in image.GetSpacing()])
     sitk.WriteImage(image, str(images / bad))
     with pytest.raises(CaseError, match=rf"{bad} does not match .*_0000.nii.gz: spacing"):
         predict_missing(predictor, str(images), str(tmp_path / "out"), show_progress=False)
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
 def test_unknown_modality_and_existing_outputs_are_refused(predictor, raw_dataset, tmp_path):

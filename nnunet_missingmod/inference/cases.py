@@ -69,12 +69,14 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and np.allclose(a, b, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE)
 
 
-def _check_geometry(reference: tuple[str, np.ndarray, dict], other: tuple[str, np.ndarray, dict], case_id: str):
-    ref_file, ref_image, ref_props = reference
-    file, image, props = other
+def _check_geometry(reference: tuple[str, tuple, dict], other: tuple[str, tuple, dict], case_id: str,
+                    what: str = "does not match"):
+    """``(file, spatial shape, properties)`` of two images: the same grid, or a CaseError naming both."""
+    ref_file, ref_shape, ref_props = reference
+    file, shape, props = other
     problems = []
-    if ref_image.shape != image.shape:
-        problems.append(f"shape {tuple(image.shape[1:])} vs {tuple(ref_image.shape[1:])}")
+    if tuple(ref_shape) != tuple(shape):
+        problems.append(f"shape {tuple(shape)} vs {tuple(ref_shape)}")
     if not _same(ref_props["spacing"], props["spacing"]):
         problems.append(f"spacing {props['spacing']} vs {ref_props['spacing']}")
     ref_geometry, geometry = ref_props.get("sitk_stuff"), props.get("sitk_stuff")
@@ -83,7 +85,50 @@ def _check_geometry(reference: tuple[str, np.ndarray, dict], other: tuple[str, n
             if not _same(ref_geometry[key], geometry[key]):
                 problems.append(f"{key} {geometry[key]} vs {ref_geometry[key]}")
     if problems:
-        raise CaseError(f"case {case_id}: {file} does not match {ref_file}: " + "; ".join(problems))
+        raise CaseError(f"case {case_id}: {file} {what} {ref_file}: " + "; ".join(problems))
+
+
+def header_geometry(path: str, reader) -> tuple[tuple, dict]:
+    """A file's spatial shape (z, y, x) and nnU-Net-style properties, from its header alone where
+    SimpleITK can read it (NIfTI, NRRD, MHA, ...); otherwise the plans' ``reader`` reads the file."""
+    import SimpleITK as sitk
+    header = sitk.ImageFileReader()
+    header.SetFileName(path)
+    try:
+        header.ReadImageInformation()
+    except RuntimeError:
+        try:
+            image, props = reader.read_images([path])
+        except Exception as e:
+            raise CaseError(f"cannot read {path}: {e}") from e
+        return tuple(image.shape[1:]), props
+    size = tuple(header.GetSize())[::-1]
+    spacing = tuple(header.GetSpacing())
+    return size, {"spacing": spacing[::-1], "sitk_stuff": {"spacing": spacing, "origin": header.GetOrigin(),
+                                                            "direction": header.GetDirection()}}
+
+
+def check_case(case: RawCase, modalities: Modalities, reader) -> None:
+    """Before anything is predicted: the case keeps a modality, its present files (and its label,
+    if it has one) are readable and share one grid. Reads headers only where it can."""
+    present = [c for c in range(len(modalities)) if c not in case.missing(len(modalities))]
+    if not present:
+        declared = f" (--missing {', '.join(modalities.names[c] for c in case.forced_missing)})" \
+            if case.forced_missing else ""
+        raise CaseError(f"case {case.case_id}: every modality is missing{declared}; files found: "
+                        f"{sorted(case.files.values()) or 'none'}")
+    try:
+        grids = [(case.files[c], *header_geometry(case.files[c], reader)) for c in present]
+    except CaseError as e:
+        raise CaseError(f"case {case.case_id}: {e}") from None
+    for other in grids[1:]:
+        _check_geometry(grids[0], other, case.case_id)
+    if case.label_file is not None:
+        try:
+            label = (case.label_file, *header_geometry(case.label_file, reader))
+        except CaseError as e:
+            raise CaseError(f"case {case.case_id}: label: {e}") from None
+        _check_geometry(grids[0], label, case.case_id, what="(the label) does not match")
 
 
 def read_case(case: RawCase, modalities: Modalities, reader) -> tuple[np.ndarray, dict, tuple[int, ...]]:
@@ -108,7 +153,7 @@ def read_case(case: RawCase, modalities: Modalities, reader) -> tuple[np.ndarray
         if image.shape[0] != 1:
             raise CaseError(f"case {case.case_id}: {case.files[channel]} holds {image.shape[0]} channels, expected 1")
         loaded.append((case.files[channel], image, props))
-        _check_geometry(loaded[0], loaded[-1], case.case_id)
+        _check_geometry(*((f, i.shape[1:], p) for f, i, p in (loaded[0], loaded[-1])), case.case_id)
     data = np.zeros((len(modalities), *loaded[0][1].shape[1:]), dtype=np.float32)
     for channel, (_, image, _) in zip(present, loaded):
         data[channel] = image[0]

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_missingmod.inference.cases import CaseError, attach_labels, find_cases, read_case, read_label
+from nnunet_missingmod.inference.cases import (CaseError, attach_labels, check_case, find_cases, read_case,
+                                               read_label)
 from nnunet_missingmod.inference.figures import case_figure
 from nnunet_missingmod.inference.metrics import region_metrics, regions_from_dataset_json
 from nnunet_missingmod.inference.model import add_model_arguments, predictor_from_args
@@ -70,6 +71,8 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
     plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     reader = plans_manager.image_reader_writer_class()
+    for case in cases.values():  # every case, label included, before anything runs
+        check_case(case, modalities, reader)
     preprocess_once = set(configuration_manager.normalization_schemes) <= ZERO_PRESERVING_NORMALIZATIONS
 
     def preprocess(raw: np.ndarray, properties: dict):

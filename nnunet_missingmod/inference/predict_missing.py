@@ -3,8 +3,9 @@
 A case may lack some of its ``CASE_XXXX`` files, or the user may declare modalities missing with
 ``--missing T1ce,FLAIR``; those channels are filled with zeros in memory (a zero raw image stays
 exactly zero through nnU-Net's ZScore normalisation, so this equals predicting from all-zero
-files). Every case is checked before anything is predicted: a case with no modality left, or
-whose images disagree in geometry, stops the run with a message naming the file. Outputs are
+files). Every case is checked before anything is predicted, from the files' headers: a case with
+no modality left, or whose images disagree in geometry, stops the run with a message naming the
+file, and nothing is written. Outputs are
 written atomically and never overwritten without ``--overwrite``.
 """
 
@@ -18,7 +19,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from nnunet_missingmod.inference.cases import CaseError, RawCase, find_cases, read_case
+from nnunet_missingmod.inference.cases import CaseError, RawCase, check_case, find_cases, read_case
 from nnunet_missingmod.inference.model import add_model_arguments, predictor_from_args
 from nnunet_missingmod.modalities import Modalities
 
@@ -26,8 +27,10 @@ REPORT_FILE = "missing_modalities.json"
 
 
 def plan_cases(input_folder: str, modalities: Modalities, file_ending: str,
-               forced_missing: Sequence[int] = ()) -> list[RawCase]:
-    """The cases to predict, each with the channels it will treat as missing; refuses empty ones."""
+               forced_missing: Sequence[int] = (), reader=None) -> list[RawCase]:
+    """The cases to predict, each with the channels it will treat as missing. Every case is checked
+    here, before anything is predicted (:func:`check_case`): none left without a modality, every
+    file readable, the files of a case on one grid."""
     cases = list(find_cases(input_folder, file_ending, modalities).values())
     if not cases:
         raise CaseError(f"no case files (CASE_XXXX{file_ending}) in {input_folder}")
@@ -37,6 +40,8 @@ def plan_cases(input_folder: str, modalities: Modalities, file_ending: str,
         if len(case.missing(len(modalities))) == len(modalities):
             raise CaseError(f"case {case.case_id}: every modality is missing (files: "
                             f"{', '.join(sorted(case.files.values())) or 'none'}{declared})")
+    for case in cases:
+        check_case(case, modalities, reader)
     return cases
 
 
@@ -49,8 +54,8 @@ def predict_missing(predictor, input_folder: str, output_folder: str, missing: O
     modalities = Modalities.from_dataset_json(predictor.dataset_json)
     file_ending = predictor.dataset_json["file_ending"]
     forced = modalities.parse_names(missing) if missing else ()
-    cases = plan_cases(input_folder, modalities, file_ending, forced)
     reader = predictor.plans_manager.image_reader_writer_class()
+    cases = plan_cases(input_folder, modalities, file_ending, forced, reader)
 
     os.makedirs(output_folder, exist_ok=True)
     outputs = {c.case_id: os.path.join(output_folder, c.case_id + file_ending) for c in cases}
