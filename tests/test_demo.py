@@ -1,21 +1,70 @@
-"""The README's main command, shortened: the whole chain from synthetic data to the table."""
+"""The README's main command: the whole chain from synthetic data to the table, seeded, quiet, and
+printing what docs/demo.md shows."""
 
 import os
 
 from conftest import clean_env, run
 from test_evaluation import SUBSETS_IN_ORDER
 
+from nnunet_missingmod.demo import epoch_summaries
 
-def test_demo_runs_the_whole_chain(tmp_path):
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def table_rows(text: str) -> dict[str, list[float]]:
+    """``| subset | numbers... |`` rows of a Markdown table (the Mean row's bold removed)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] in (*SUBSETS_IN_ORDER, "Mean"):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    return rows
+
+
+def test_demo_runs_the_whole_chain_quietly(tmp_path):
     work = tmp_path / "demo"
-    result = run(["nnUNetv2_missingmod_demo", "-o", work, "--num-train", "5", "--num-test", "1", "--epochs", "1",
-                  "--iterations", "2"], clean_env({}), cwd=tmp_path)
+    result = run(["nnUNetv2_missingmod_demo", "-o", work, "--num-train", "5", "--num-test", "1", "--epochs", "2",
+                  "--iterations", "2", "--markdown", tmp_path / "demo.md"], clean_env({}), cwd=tmp_path)
     out = result.stdout
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "$ nnUNetv2_train 990 2d 0 -tr ModalityDropoutTrainer",
-                 "$ nnUNetv2_evaluate_missing", "demo finished"):
+                 "$ nnUNetv2_evaluate_missing", "epoch 1/2: loss", "epoch 2/2: loss", "demo finished"):
         assert step in out
-    for subset in SUBSETS_IN_ORDER:
-        assert f"| {subset} " in out
-    assert os.path.isfile(work / "evaluation" / "heatmap.png")
+    assert "Epoch time" not in out and "nnU-Net: a self-configuring" not in out  # nnU-Net's own log is in files
+    assert set(table_rows(out)) == {*SUBSETS_IN_ORDER, "Mean"}
+    assert os.path.isfile(work / "evaluation" / "heatmap.png") and os.listdir(work / "evaluation" / "figures")
+    assert os.path.isfile(work / "logs" / "train.log") and os.path.isfile(work / "logs" / "evaluate.log")
+    assert table_rows((tmp_path / "demo.md").read_text()) == table_rows(out)
     again = run(["nnUNetv2_missingmod_demo", "-o", work], clean_env({}), cwd=tmp_path, check=False)
     assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_a_failing_step_shows_its_command_and_log_tail(tmp_path):
+    result = run(["nnUNetv2_missingmod_demo", "-o", tmp_path / "demo", "--num-train", "5", "--num-test", "1",
+                  "--epochs", "1", "--iterations", "1", "-device", "cuda"], clean_env({}, CUDA_VISIBLE_DEVICES=""),
+                 cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "nnUNetv2_train 990 2d 0 -tr ModalityDropoutTrainer -device cuda' failed" in result.stderr
+    assert "the end of its log" in result.stderr
+
+
+def test_epoch_lines_are_read_from_nnunets_log():
+    log = ("2026-12-02 06:41:17.6: Epoch 0\n2026-12-02 06:41:17.7: Current learning rate: 0.01\n"
+           "2026-12-02 06:41:27.9: train_loss 0.2676\n2026-12-02 06:41:28.4: val_loss 0.1\n"
+           "2026-12-02 06:41:28.4: Pseudo dice [np.float32(0.6856), np.float32(0.0), np.float32(0.1)]\n"
+           "2026-12-02 06:41:28.4: Epoch time: 9.99 s\n2026-12-02 06:41:29.6: Epoch 1\n")
+    assert epoch_summaries(log) == [{"epoch": 0, "loss": 0.2676, "dice": [0.6856, 0.0, 0.1], "time": 9.99}]
+    assert epoch_summaries(log.replace("np.float32(0.6856), np.float32(0.0), np.float32(0.1)", "0.5, 0.25, 0.0"))[0][
+        "dice"] == [0.5, 0.25, 0.0]
+
+
+def test_the_default_run_prints_the_table_of_docs_demo_md(tmp_path):
+    """The README's demo, as typed: seeded, so it prints docs/demo.md's table (within 0.5 Dice point
+    and 2 mm per cell, for floating-point differences between CPUs; on this machine it is exact)."""
+    expected = table_rows(open(os.path.join(REPO, "docs", "demo.md")).read())
+    result = run(["nnUNetv2_missingmod_demo", "-o", tmp_path / "demo"], clean_env({}), cwd=tmp_path)
+    got = table_rows(result.stdout)
+    assert set(got) == set(expected)
+    for subset, values in expected.items():
+        for column, (want, have) in enumerate(zip(values, got[subset])):
+            tolerance = 0.5 if column < 3 else 2.0
+            assert abs(want - have) <= tolerance, (subset, column, want, have)
