@@ -15,11 +15,26 @@ import sys
 
 import pytest
 
+# Tests that need any of these fixtures run nnU-Net's own commands (plan and preprocess, train)
+# first; they are marked ``e2e``, and ``python -m pytest -m "not e2e" tests`` is the quick lane.
+E2E_FIXTURES = {"raw_dataset", "preprocessed", "trained_model", "predictor"}
+
 DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID}_SyntheticBraTS"
 CONFIGURATION = "3d_fullres"
 TRAINER = "ModalityDropoutTrainer"
 SHAPE = (40, 48, 40)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: runs nnU-Net's or this package's commands end to end (planning, "
+                                       "training, prediction); deselect with -m 'not e2e' for the quick lane")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 def clean_env(folders: dict, **extra) -> dict:

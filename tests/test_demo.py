@@ -3,6 +3,8 @@ printing what docs/demo.md shows."""
 
 import os
 
+import pytest
+
 from conftest import clean_env, run
 from test_evaluation import SUBSETS_IN_ORDER
 
@@ -21,6 +23,7 @@ def table_rows(text: str) -> dict[str, list[float]]:
     return rows
 
 
+@pytest.mark.e2e
 def test_demo_runs_the_whole_chain_quietly(tmp_path):
     work = tmp_path / "demo"
     result = run(["nnUNetv2_missingmod_demo", "-o", work, "--num-train", "5", "--num-test", "1", "--epochs", "2",
@@ -38,6 +41,7 @@ def test_demo_runs_the_whole_chain_quietly(tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
 
 
+@pytest.mark.e2e
 def test_a_failing_step_shows_its_command_and_log_tail(tmp_path):
     result = run(["nnUNetv2_missingmod_demo", "-o", tmp_path / "demo", "--num-train", "5", "--num-test", "1",
                   "--epochs", "1", "--iterations", "1", "-device", "cuda"], clean_env({}, CUDA_VISIBLE_DEVICES=""),
@@ -57,6 +61,7 @@ def test_epoch_lines_are_read_from_nnunets_log():
         "dice"] == [0.5, 0.25, 0.0]
 
 
+@pytest.mark.e2e
 def test_the_default_run_prints_the_table_of_docs_demo_md(tmp_path):
     """The README's demo, as typed: seeded, so it prints docs/demo.md's table (within 0.5 Dice point
     and 2 mm per cell, for floating-point differences between CPUs; on this machine it is exact)."""
