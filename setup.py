@@ -34,11 +34,26 @@ class BuildPyWithPth(build_py):
 
 
 class EditableWheelWithPth(editable_wheel):
-    # The editable wheel is assembled from `unpacked_wheel`; files at its root land in site-packages.
+    """The editable wheel is assembled in ``unpacked_wheel``; files at its root land in site-packages.
+
+    setuptools has no public hook for a file at the root of an editable wheel, so this overrides its
+    private ``_run_build_commands`` (setuptools 64 to at least 84). If a setuptools release renames
+    it, the build stops here with this message rather than installing without the hook; and
+    tests/test_registration.py fails on a missing hook (docs/installation.md).
+    """
+
     def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
         result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
         _write_pth(unpacked_wheel)
         return result
+
+    def run(self):
+        if not callable(getattr(editable_wheel, "_run_build_commands", None)):
+            raise RuntimeError(
+                "nnunet_missingmod: this setuptools has no editable_wheel._run_build_commands, through which the "
+                "editable install ships nnunet_missingmod.pth (the hook that lets nnU-Net find our trainers). Install "
+                "with 'pip install .' (not -e), or with setuptools < 85, and report it; see docs/installation.md.")
+        super().run()
 
 
 here = os.path.dirname(os.path.abspath(__file__))

@@ -12,7 +12,12 @@ LOOKUP = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_cl
 
 
 def test_pth_hook_is_installed_at_site_packages_root():
-    with open(os.path.join(sysconfig.get_paths()["purelib"], "nnunet_missingmod.pth")) as f:
+    path = os.path.join(sysconfig.get_paths()["purelib"], "nnunet_missingmod.pth")
+    assert os.path.isfile(path), (
+        f"{path} was not installed. An editable install ships it through setuptools' private "
+        "editable_wheel._run_build_commands (setup.py, EditableWheelWithPth); a setuptools upgrade may have changed "
+        "it. See docs/installation.md.")
+    with open(path) as f:
         assert "register()" in f.read()
 
 
