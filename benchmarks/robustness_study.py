@@ -188,7 +188,10 @@ class Study:
             log(f"plans and preprocessing ({self.size.configuration})")
             plan_and_preprocess(DATASET_ID, (self.size.configuration,), num_processes=2)
             self.mark("preprocessing")
-        if "SMMLTrainer" in self.trainers and not self.done("smml_priors"):
+
+    def ensure_priors(self) -> None:
+        """SMML's Segment Anything priors, computed once, right before SMMLTrainer first trains."""
+        if not self.done("smml_priors"):
             log("SMML priors (nnUNetv2_smml_priors, LiteMedSAM)")
             start = time.time()
             self.run(["nnUNetv2_smml_priors", "-d", str(DATASET_ID), "-c", self.size.configuration],
@@ -236,6 +239,8 @@ class Study:
         self.prepare_data()
         for seed in self.seeds:
             for trainer in self.trainers:
+                if trainer == "SMMLTrainer":
+                    self.ensure_priors()
                 self.train(trainer, seed)
                 self.evaluate(trainer, seed, figures=seed == self.seeds[0])
         if REFERENCE in self.trainers and len(self.seeds) >= 2:
