@@ -13,7 +13,7 @@ of the folders' means, as RFNet averages its splits).
 
 Subsets are matched by modality *name* (T1Gd = T1ce = t1c, FLAIR = t2f, ...), never by channel
 index: our datasets, RFNet, MST-KDNet and nnU-Net's own BraTS conversions order the channels
-differently (data-notes 1.4). Rows follow the community's 15-subset order (singles, pairs,
+differently. Rows follow the community's 15-subset order (singles, pairs,
 triples, all), then the mean over the 15 subsets.
 
 The papers' numbers live in ``paper_numbers.json`` with their paper, table, split, metric
@@ -48,7 +48,7 @@ METRICS = ("dice", "hd95")
 BRATS_MODALITIES = ("T1", "T1ce", "T2", "FLAIR")  # our dataset order, used to name rows
 ALL = frozenset(BRATS_MODALITIES)
 MEAN = "Mean"
-# The 15-subset order of RFNet / mmFormer / M2FTrans / SMML / MST-KDNet tables (data-notes 1.4).
+# The 15-subset order of RFNet / mmFormer / M2FTrans / SMML / MST-KDNet tables.
 COMMUNITY_ORDER = [frozenset(s) for s in (
     ("T2",), ("T1ce",), ("T1",), ("FLAIR",),
     ("T1ce", "T2"), ("T1ce", "T1"), ("FLAIR", "T1"), ("T1", "T2"), ("FLAIR", "T2"), ("FLAIR", "T1ce"),

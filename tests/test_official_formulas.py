@@ -236,7 +236,7 @@ def test_mstkd_schedule_and_official_weights(preprocessed, monkeypatch):
 def test_magms_kl_is_the_official_pixel_wise_kl():
     """magnet/losses/distillation.py PixelWiseKLDiv over torchmanager's KLDiv: KL(fused ‖ single),
     summed over classes, mean over batch and voxels. At the default T = 1 identical; at T ≠ 1 the
-    official code leaves the target untempered (methods-notes 3.4), ours tempers both sides."""
+    official code leaves the target untempered, ours tempers both sides."""
     torch.manual_seed(0)
     fused, single = 3 * torch.randn(2, 4, 6, 5, 4), 3 * torch.randn(2, 4, 6, 5, 4)
     official = magnet.PixelWiseKLDiv(softmax_temperature=1.0)

@@ -7,7 +7,6 @@ t2w), so that only matching by modality name puts our numbers in the right rows.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import load_script
 from nnunet_missingmod.inference.metrics import HD95_ONE_EMPTY, dice
 from nnunet_missingmod.inference.reports import write_reports
 from nnunet_missingmod.modalities import Modalities
@@ -24,14 +24,6 @@ from nnunet_missingmod.modalities import Modalities
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGIONS = ["whole_tumor", "tumor_core", "enhancing_tumor"]
 CHANNELS = ("t2f", "t1c", "t1n", "t2w")  # FLAIR, T1ce, T1, T2: neither our order nor the papers'
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 pc = load_script("paper_comparison")
@@ -100,7 +92,7 @@ def test_subsets_are_matched_by_name_and_paper_numbers_printed_beside(tmp_path, 
     et = tables["Dice ET (%), BraTS 2024 GLI (post-treatment)"]
     assert et["T1ce"][ours] == f"{(subset_value('t1c') + 0.4) * 100:.2f}" and et["T1ce"]["MST-KDNet"] == "68.6"
     assert "RA-HVED" not in wt["T2"]  # --methods keeps only the methods named
-    assert "methods-notes.md section 1.7" in text and "centre crop" in text
+    assert "transcribed from the images" in text and "centre crop" in text
 
 
 def test_plain_text_output_and_command_line(tmp_path):
@@ -245,7 +237,7 @@ def test_paper_numbers_file_is_consistent():
                 keys = [k for k in row if k != pc.MEAN]
                 assert len(keys) in (0, 15) and set(keys) <= set(pc.COMMUNITY_ORDER), (table.id, method)
                 if keys:  # the Avg column is the mean of the 15 within the transcription's rounding
-                    # (methods-notes 1.8 #9 lists the few that differ more, by up to 1.4)
+                    # (a few differ more, by up to 1.4)
                     assert abs(np.mean([row[k] for k in keys]) - row[pc.MEAN]) < 1.5, (table.id, region, method)
     assert {t.id for t in tables} >= {"mstkdnet_brats2024_dice", "mstkdnet_fets2024_hd95",
                                       "rfnet_readme_brats2018_dice"}
