@@ -17,6 +17,7 @@ same chain in 3D.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import re
@@ -47,6 +48,30 @@ def _run(command: list[str], env: dict, log: str) -> None:
     with open(log, "w") as f:
         if subprocess.run(command, env=env, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
             _fail(command, log)
+
+
+@contextlib.contextmanager
+def _output_to(log: str, what: str):
+    """Everything written to stdout and stderr, by this process and the workers it starts, into
+    ``log`` (nnU-Net's planning prints its plans in full); a failure shows the log's tail."""
+    print(f"    (log: {log})", flush=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "w") as f:
+            os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+    except Exception:
+        import traceback
+        with open(log, "a") as f:
+            traceback.print_exc(file=f)
+        _fail([what], log)
+    finally:
+        os.close(saved[0]), os.close(saved[1])
 
 
 def epoch_summaries(log_text: str) -> list[dict]:
@@ -106,7 +131,22 @@ def markdown_page(table: str, args: argparse.Namespace, minutes: float) -> str:
         f"{tuple(args.shape)}, nnU-Net's `{args.configuration}` configuration, {TRAINER} for {args.epochs} epochs x "
         f"{args.iterations} iterations, evaluated under all 15 subsets of the modalities without test-time "
         f"mirroring. {minutes:.1f} min on the machine that wrote this page.", "",
+        f"Machine: {machine_signature()}", "",
         table.strip(), ""])
+
+
+def machine_signature() -> str:
+    """What decides whether a seeded CPU run repeats bit for bit: the processor, torch and its threads."""
+    import platform
+
+    import torch
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -159,7 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f"[= nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c {args.configuration}, lighter fingerprint]",
           flush=True)
     from nnunet_missingmod.planning import plan_and_preprocess
-    plan_and_preprocess(args.dataset_id, (args.configuration,), num_processes=2)
+    with _output_to(os.path.join(logs, "plan_and_preprocess.log"), "plan and preprocess"):
+        plan_and_preprocess(args.dataset_id, (args.configuration,), num_processes=2)
 
     print(f"[3/4] training {TRAINER} for {args.epochs} epochs x {args.iterations} iterations, seed {args.seed} "
           f"({' '.join(f'{k}={v}' for k, v in lengths.items())} {SEED_VARIABLE}={args.seed})", flush=True)

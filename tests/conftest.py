@@ -8,6 +8,7 @@ Training length comes from the documented nnUNet_missingmod_* overrides.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 # first; they are marked ``e2e``, and ``python -m pytest -m "not e2e" tests`` is the quick lane.
 E2E_FIXTURES = {"raw_dataset", "preprocessed", "trained_model", "predictor"}
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID}_SyntheticBraTS"
 CONFIGURATION = "3d_fullres"
@@ -51,8 +53,18 @@ def clean_env(folders: dict, **extra) -> dict:
     return env
 
 
-def run(command: list, env: dict, cwd=None, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(c) for c in command], env=env, cwd=cwd, capture_output=True, text=True)
+# No command of the suite takes more than a few minutes on 2 cores; one that hangs (a deadlocked
+# augmentation worker) fails its test instead of stalling the whole run.
+COMMAND_TIMEOUT_S = 1200
+
+
+def run(command: list, env: dict, cwd=None, check=True, timeout=COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run([str(c) for c in command], env=env, cwd=cwd, capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f"{' '.join(map(str, command))} did not finish within {timeout} s:\n"
+                             f"{(error.stdout or b'')[-3000:]!r}\n{(error.stderr or b'')[-5000:]!r}") from None
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -113,9 +125,30 @@ def predictor(trained_model):
     return load_predictor(trained_model["folder"], folds=[0], device=torch.device("cpu"), use_mirroring=False)
 
 
+def load_script(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def training_log(fold_folder: str) -> str:
+    """Every nnU-Net training log of one fold, oldest first (a resumed run writes a second one)."""
+    return "".join(open(os.path.join(fold_folder, f)).read()
+                   for f in sorted(os.listdir(fold_folder)) if f.startswith("training_log"))
+
+
+@pytest.fixture
+def single_process_augmentation(monkeypatch):
+    """Augmentation in the test's own process: no workers forked from it."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
 
 
 def make_trainer(cls, preprocessed: str, fold: int = 1, dataset_json: dict | None = None, plans: dict | None = None,

@@ -210,6 +210,10 @@ def test_release_detection_rules(tmp_path, folders, capsys):
     assert status == 1 and "--cavity keep applies to BraTS 2024 GLI only" in err
     status, _, err = in_process("brats", src, "-d", 5, "--release", "2021", "-np", 1, capsys=capsys)
     assert status == 1 and "--release 2021" in err
+    cavity = tmp_path / "gli_with_cavity"
+    fx.gli_case(str(cavity), "BraTS-GLI-00001-000", np.random.default_rng(5), labels=fx.GLI2024_LABELS)
+    status, _, err = in_process("brats", cavity, "-d", 5, "--release", "2023", "-np", 1, capsys=capsys)
+    assert status == 1 and "BraTS-GLI-00001-000-seg.nii.gz: label values [4] are not in the release" in err, err
     assert not os.path.exists(folders["nnUNet_raw"]) or os.listdir(folders["nnUNet_raw"]) == []
 
     from nnunet_missingmod.dataset_conversion.brats import legacy_year

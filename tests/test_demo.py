@@ -32,7 +32,9 @@ def test_demo_runs_the_whole_chain_quietly(tmp_path):
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "$ nnUNetv2_train 990 2d 0 -tr ModalityDropoutTrainer",
                  "$ nnUNetv2_evaluate_missing", "epoch 1/2: loss", "epoch 2/2: loss", "demo finished"):
         assert step in out
-    assert "Epoch time" not in out and "nnU-Net: a self-configuring" not in out  # nnU-Net's own log is in files
+    # nnU-Net's own output (plans, training log) is in files
+    assert "Epoch time" not in out and "nnU-Net: a self-configuring" not in out and "U-Net configuration" not in out
+    assert "2D U-Net configuration" in (work / "logs" / "plan_and_preprocess.log").read_text()
     assert set(table_rows(out)) == {*SUBSETS_IN_ORDER, "Mean"}
     assert os.path.isfile(work / "evaluation" / "heatmap.png") and os.listdir(work / "evaluation" / "figures")
     assert os.path.isfile(work / "logs" / "train.log") and os.path.isfile(work / "logs" / "evaluate.log")

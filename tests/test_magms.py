@@ -15,7 +15,7 @@ from dynamic_network_architectures.building_blocks.residual_encoders import Resi
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, run
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, make_trainer, run, training_log
 from nnunet_missingmod.losses.self_distillation import distillation_kl, feature_mse
 from nnunet_missingmod.modalities import available_modalities
 from nnunet_missingmod.networks.modality_fusion_unet import FusionTrainingOutput, ModalityFusionUNet
@@ -47,11 +47,6 @@ def shrink(plans, configuration, features=None, patch_size=None):
     return plans
 
 
-def read_text(path):
-    with open(path) as f:
-        return f.read()
-
-
 def architecture(plans, configuration=CONFIGURATION):
     a = plans["configurations"][configuration]["architecture"]
     return a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"]
@@ -71,11 +66,10 @@ def image(shape, absent=(), batch=2, num_modalities=4, seed=0):
     return x
 
 
-def make_trainer(cls, preprocessed, dataset_json=None, fold=1):
-    """In process, small, on fold 1 (the command-line model trains fold 0)."""
-    dataset_json = dataset_json or load_json(os.path.join(preprocessed, "dataset.json"))
-    return cls(plans_of(preprocessed, SMALL_FEATURES, SMALL_PATCH), CONFIGURATION, fold, dataset_json,
-               torch.device("cpu"))
+def small_trainer_of(cls, preprocessed, dataset_json=None):
+    """conftest's trainer factory on the shrunk plans: the same code at a fraction of the CPU time."""
+    return make_trainer(cls, preprocessed, dataset_json=dataset_json,
+                        plans=plans_of(preprocessed, SMALL_FEATURES, SMALL_PATCH))
 
 
 def label_dataset_json(preprocessed):
@@ -93,11 +87,6 @@ class SmallMAGMSTrainerMasked(MAGMSTrainerMasked):
         shrink(plans, configuration, SMALL_FEATURES, SMALL_PATCH)
         plans["configurations"][configuration]["batch_dice"] = True
         super().__init__(plans, configuration, fold, dataset_json, device)
-
-
-@pytest.fixture
-def single_process_augmentation(monkeypatch):
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
 
 
 # --- the real commands ---------------------------------------------------------------------------
@@ -123,7 +112,7 @@ def magms_model(nnunet_folders, preprocessed):
 
 def test_train_resume_predict_and_evaluate_with_nnunet_commands(magms_model, nnunet_folders, raw_dataset, tmp_path):
     fold = os.path.join(magms_model, "fold_0")
-    log = "".join(read_text(os.path.join(fold, f)) for f in sorted(os.listdir(fold)) if f.startswith("training_log"))
+    log = training_log(fold)
     assert "MAG-MS: lambda (self_distillation_weight) 1.0, gamma (feature_distillation_weight) 1.0, T 1.0" in log
     assert "masking: off" in log
     checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
@@ -360,7 +349,7 @@ def test_feature_term_does_not_move_the_fused_mean():
 
 @pytest.fixture(scope="module")
 def small_trainer(preprocessed):
-    trainer = make_trainer(MAGMSTrainer, preprocessed)
+    trainer = small_trainer_of(MAGMSTrainer, preprocessed)
     trainer.initialize()
     return trainer
 
@@ -418,7 +407,7 @@ def test_each_term_is_switched_by_its_attribute(small_trainer, preprocessed, mon
     torch.testing.assert_close(small_trainer.compute_loss(out, target)["self_distillation"],
                                0.5 * kl.sum(0).mean() / 5)  # divided by the 1 + M paths
 
-    ablation = make_trainer(MAGMSTrainerNoDistillation, preprocessed)
+    ablation = small_trainer_of(MAGMSTrainerNoDistillation, preprocessed)
     ablation.initialize()
     assert set(ablation.compute_loss(out, target)) == {"segmentation_fused", "segmentation_single"}
 
@@ -428,7 +417,7 @@ def test_loss_decreases_on_a_fixed_batch(preprocessed, single_process_augmentati
     np.random.seed(0)
     torch.manual_seed(0)
     dataset_json = label_dataset_json(preprocessed) if labels else None
-    trainer = make_trainer(MAGMSTrainer, preprocessed, dataset_json=dataset_json)
+    trainer = small_trainer_of(MAGMSTrainer, preprocessed, dataset_json=dataset_json)
     trainer.initialize()
     assert trainer.label_manager.has_regions is not labels
     batch = next(trainer.get_dataloaders()[0])
@@ -451,7 +440,7 @@ def test_loss_decreases_on_a_fixed_batch(preprocessed, single_process_augmentati
 
 def test_masked_batches_agree_with_what_the_network_sees(preprocessed, single_process_augmentation):
     np.random.seed(0)
-    trainer = make_trainer(MAGMSTrainerMasked, preprocessed)
+    trainer = small_trainer_of(MAGMSTrainerMasked, preprocessed)
     trainer.initialize()
     loader, _ = trainer.get_dataloaders()
     seen = set()
@@ -493,7 +482,7 @@ def test_the_sgd_calibrations_scale_the_gradients_they_say(preprocessed):
 
     trainers = {}
     for name, cls in (("none", Reference), ("loss", MAGMSTrainer), ("shared_decoder", MAGMSTrainerDecoderMean)):
-        trainers[name] = make_trainer(cls, preprocessed)
+        trainers[name] = small_trainer_of(cls, preprocessed)
         trainers[name].initialize()
     state = copy.deepcopy(trainers["none"].network.state_dict())
     x = image(SMALL_PATCH)
@@ -511,4 +500,4 @@ def test_the_sgd_calibrations_scale_the_gradients_they_say(preprocessed):
     with pytest.raises(ValueError, match="sgd_calibration"):
         class Wrong(MAGMSTrainer):
             sgd_calibration = "adam"
-        make_trainer(Wrong, preprocessed)
+        small_trainer_of(Wrong, preprocessed)

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, run
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, make_trainer, run, training_log
 from nnunet_missingmod.losses.attention_distillation import extreme_value_attention_loss, multiscale_feature_loss
 from nnunet_missingmod.losses.logit_distillation import logit_kl, probability_mse, sigmoid_rampup, standardize_logits
 from nnunet_missingmod.losses.style import (cross_layer_gram, cross_layer_gram_loss, discriminator_loss,
@@ -26,26 +26,18 @@ from nnunet_missingmod.training.mstkd_teacher import TEACHER_VARIABLE
 SHORT = {"nnUNet_missingmod_iterations_per_epoch": 1, "nnUNet_missingmod_val_iterations_per_epoch": 1}
 TERMS = ["segmentation_student", "segmentation_teacher", "kl", "probability_mse", "attention", "multiscale_features",
          "gram", "adversarial", "discriminator"]
-IN_PROCESS_FOLD = 1  # in-process trainers write their logs beside fold 1, away from the commands' fold 0
 
 
 def short_training(folders, epochs, **extra):
     return clean_env(folders, nnUNet_missingmod_num_epochs=epochs, **SHORT, **extra)
 
 
-def make_trainer(cls, preprocessed, fold=IN_PROCESS_FOLD):
-    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    return cls(plans, CONFIGURATION, fold, load_json(os.path.join(preprocessed, "dataset.json")), torch.device("cpu"))
-
-
 def model_folder(nnunet_folders, trainer):
     return os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{CONFIGURATION}")
 
 
-def training_log(folder):
-    fold = os.path.join(folder, "fold_0")
-    return "".join(open(os.path.join(fold, f)).read() for f in sorted(os.listdir(fold)) if f.startswith("training_log"))
+def fold_0_log(folder):
+    return training_log(os.path.join(folder, "fold_0"))
 
 
 def checkpoint(folder):
@@ -106,7 +98,7 @@ def one_sample_batch(trainer):
 # --- the real commands ------------------------------------------------------------------------------
 
 def test_joint_training_resumes_with_every_state(joint_model, preprocessed):
-    log = training_log(joint_model)
+    log = fold_0_log(joint_model)
     assert "MST-KD teacher: trained jointly from scratch" in log
     saved = checkpoint(joint_model)
     assert saved["trainer_name"] == "MSTKDTrainer" and saved["current_epoch"] == 2
@@ -152,7 +144,7 @@ def test_predict_and_evaluate_with_nnunet_commands(joint_model, nnunet_folders, 
 
 
 def test_frozen_teacher_trains_from_a_checkpoint(frozen_model, teacher_folder):
-    log = training_log(frozen_model)
+    log = fold_0_log(frozen_model)
     source = str(teacher_folder / "fold_0" / "checkpoint_final.pth")
     assert f"MST-KD teacher: frozen, MSTKDTeacherTrainer from {source}" in log
     saved = checkpoint(frozen_model)

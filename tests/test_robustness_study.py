@@ -4,27 +4,16 @@ tables: the numbers docs/results.md reports against ModalityDropoutTrainer."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_script
+
 SUBSETS = ("T1", "T1ce", "T1+T1ce")
 
 
-def load_study():
-    spec = importlib.util.spec_from_file_location("robustness_study",
-                                                  os.path.join(REPO, "benchmarks", "robustness_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["robustness_study"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-study = load_study()
+study = load_script("robustness_study")
 
 
 def table(dice_of_case: dict, region: str = "whole_tumor") -> dict:

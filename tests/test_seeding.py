@@ -4,13 +4,15 @@ workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, make_trainer, run, training_env
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, run, training_env
 from nnunet_missingmod.training.seeding import SEED_VARIABLE, derived_seed, seed_from_environment
 
 FOLD = 2  # away from the folds other tests train
@@ -38,18 +40,29 @@ def test_the_same_seed_gives_the_same_checkpoint(nnunet_folders, preprocessed, t
     assert any(not torch.equal(weights[k], other["network_weights"][k]) for k in weights)
 
 
-def test_the_batch_stream_does_not_depend_on_the_number_of_workers(preprocessed, monkeypatch):
-    from nnunet_missingmod.training import ModalityDropoutTrainer
-    monkeypatch.setenv(SEED_VARIABLE, "3")
-    sums = []
-    for workers in ("0", "2"):
-        monkeypatch.setenv("nnUNet_n_proc_DA", workers)
-        trainer = make_trainer(ModalityDropoutTrainer, preprocessed, fold=FOLD)
-        trainer.initialize()
-        train, validation = trainer.get_dataloaders()
-        sums.append([float(next(train)["data"].double().sum()) for _ in range(3)])
-        for loader in (train, validation):
-            getattr(loader, "_finish", lambda: None)()
+BATCH_SUMS = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from conftest import make_trainer
+from nnunet_missingmod.training import ModalityDropoutTrainer
+trainer = make_trainer(ModalityDropoutTrainer, {preprocessed!r}, fold={fold})
+trainer.initialize()
+train, validation = trainer.get_dataloaders()
+sums = [float(next(train)["data"].double().sum()) for _ in range(3)]
+for loader in (train, validation):
+    getattr(loader, "_finish", lambda: None)()
+print(json.dumps(sums))
+"""
+
+
+def test_the_batch_stream_does_not_depend_on_the_number_of_workers(nnunet_folders, preprocessed):
+    """In a fresh interpreter per worker count, as nnUNetv2_train runs: forking augmentation workers
+    from a test process that already holds torch's threads can deadlock."""
+    code = BATCH_SUMS.format(tests=os.path.dirname(os.path.abspath(__file__)), preprocessed=preprocessed, fold=FOLD)
+    sums = [json.loads(run([sys.executable, "-c", code],
+                           clean_env(nnunet_folders, nnUNet_n_proc_DA=workers, **{SEED_VARIABLE: 3})).stdout
+                       .strip().splitlines()[-1])
+            for workers in (0, 2)]
     assert sums[0] == sums[1]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, run
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, make_trainer, run, training_log
 from nnunet_missingmod.losses.consistency import (class_fractions, pixel_consistency, prior_consistency,
                                                   reliability_gated_kl, relation_consistency)
 from nnunet_missingmod.modalities import available_modalities
@@ -42,11 +42,9 @@ class SMMLAlwaysAugmented(SMMLTrainer):
         return pipeline
 
 
-def make_trainer(cls, preprocessed, dataset_json=None, priors_folder=None):
-    plans = load_json(os.path.join(preprocessed, f"{PLANS}.json"))
-    plans["continue_training"] = False
-    trainer = cls(plans, CONFIGURATION, 0, dataset_json or load_json(os.path.join(preprocessed, "dataset.json")),
-                  torch.device("cpu"))
+def smml_trainer(cls, preprocessed, dataset_json=None, priors_folder=None):
+    """conftest's trainer factory, on fold 0 (the priors cover it), with a priors folder of the test's."""
+    trainer = make_trainer(cls, preprocessed, fold=0, dataset_json=dataset_json)
     if priors_folder is not None:
         trainer.priors_folder = str(priors_folder)
     return trainer
@@ -54,11 +52,6 @@ def make_trainer(cls, preprocessed, dataset_json=None, priors_folder=None):
 
 def data_folder(preprocessed):
     return os.path.join(preprocessed, f"{PLANS}_{CONFIGURATION}")
-
-
-@pytest.fixture
-def single_process_augmentation(monkeypatch):
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
 
 
 # --- the real commands -----------------------------------------------------------------------------
@@ -145,7 +138,7 @@ def test_default_litemedsam_segments_what_its_box_shows():
 
 def test_train_resume_predict_and_evaluate_with_nnunet_commands(smml_model, nnunet_folders, raw_dataset, tmp_path):
     fold = os.path.join(smml_model["folder"], "fold_0")
-    log = "".join(open(os.path.join(fold, f)).read() for f in sorted(os.listdir(fold)) if f.startswith("training_log"))
+    log = training_log(fold)
     assert "SMML: two branches; priors: tiny_random maps of 3 targets x 4 modalities" in log
     assert "consistency terms from epoch 1" in log and "Epoch 1" in log
     checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
@@ -179,7 +172,7 @@ def test_train_resume_predict_and_evaluate_with_nnunet_commands(smml_model, nnun
 
 def test_the_two_branches_never_get_the_same_subset(preprocessed, single_process_augmentation):
     np.random.seed(0)
-    trainer = make_trainer(SMMLTrainerNoPriors, preprocessed)
+    trainer = smml_trainer(SMMLTrainerNoPriors, preprocessed)
     trainer.initialize()
     loader, _ = trainer.get_dataloaders()
     pairs = set()
@@ -216,7 +209,7 @@ def test_priors_stay_aligned_with_the_image_through_spatial_augmentation(preproc
                                                                          single_process_augmentation):
     np.random.seed(1)
     folder = tmp_path / "priors"
-    trainer = make_trainer(SMMLAlwaysAugmented, preprocessed, priors_folder=folder)
+    trainer = smml_trainer(SMMLAlwaysAugmented, preprocessed, priors_folder=folder)
     _write_label_priors(preprocessed, folder, storage.prior_targets(trainer.label_manager), trainer.modalities.names)
     trainer.initialize()
     assert trainer.refinement is not None
@@ -306,7 +299,7 @@ def test_label_map_datasets_get_every_term(preprocessed):
     class LabelMaps(SMMLConsistencyFromStart):
         use_priors = False
 
-    trainer = make_trainer(LabelMaps, preprocessed, dataset_json)
+    trainer = smml_trainer(LabelMaps, preprocessed, dataset_json)
     trainer.initialize()
     torch.manual_seed(0)
     image = torch.randn(2, 4, 40, 48, 40)
@@ -323,7 +316,7 @@ def test_label_map_datasets_get_every_term(preprocessed):
 def test_checkpoint_round_trip_restores_branches_heads_and_optimisers(preprocessed, sam_priors, tmp_path,
                                                                       single_process_augmentation):
     np.random.seed(2)
-    trainer = make_trainer(SMMLConsistencyFromStart, preprocessed)
+    trainer = smml_trainer(SMMLConsistencyFromStart, preprocessed)
     trainer.initialize()
     loader, _ = trainer.get_dataloaders()
     trainer.network.train()
@@ -332,7 +325,7 @@ def test_checkpoint_round_trip_restores_branches_heads_and_optimisers(preprocess
     path = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(path)
 
-    restored = make_trainer(SMMLConsistencyFromStart, preprocessed)
+    restored = smml_trainer(SMMLConsistencyFromStart, preprocessed)
     restored.load_checkpoint(path)
     for a, b in ((trainer.network, restored.network), (trainer.refinement, restored.refinement)):
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -346,7 +339,7 @@ def test_checkpoint_round_trip_restores_branches_heads_and_optimisers(preprocess
 
 def test_training_without_priors_on_disk_works_and_says_so_once(preprocessed, tmp_path, single_process_augmentation):
     np.random.seed(3)
-    trainer = make_trainer(SMMLConsistencyFromStart, preprocessed, priors_folder=tmp_path / "nothing_here")
+    trainer = smml_trainer(SMMLConsistencyFromStart, preprocessed, priors_folder=tmp_path / "nothing_here")
     trainer.initialize()
     assert trainer.refinement is None and "refinement_heads" not in trainer.auxiliaries
     loader, _ = trainer.get_dataloaders()
@@ -362,7 +355,7 @@ def test_training_without_priors_on_disk_works_and_says_so_once(preprocessed, tm
 
 def test_incomplete_priors_are_refused_with_what_to_do(preprocessed, tmp_path):
     folder = tmp_path / "priors"
-    trainer = make_trainer(SMMLTrainer, preprocessed, priors_folder=folder)
+    trainer = smml_trainer(SMMLTrainer, preprocessed, priors_folder=folder)
     _write_label_priors(preprocessed, folder, storage.prior_targets(trainer.label_manager), trainer.modalities.names)
     os.remove(storage.case_path(str(folder), "case_0003"))
     with pytest.raises(storage.PriorsError, match=r"1 of 6 training cases have no priors .*case_0003.*run "
@@ -373,20 +366,20 @@ def test_incomplete_priors_are_refused_with_what_to_do(preprocessed, tmp_path):
 def test_the_checkpoint_decides_whether_the_refinement_heads_exist(preprocessed, tmp_path):
     """--c continues the method a run started with, whatever priors appeared or vanished since."""
     folder = tmp_path / "priors"
-    without = make_trainer(SMMLTrainer, preprocessed, priors_folder=tmp_path / "none")
+    without = smml_trainer(SMMLTrainer, preprocessed, priors_folder=tmp_path / "none")
     without.initialize()
     without.save_checkpoint(str(tmp_path / "without.pth"))
-    with_priors = make_trainer(SMMLTrainer, preprocessed, priors_folder=folder)
+    with_priors = smml_trainer(SMMLTrainer, preprocessed, priors_folder=folder)
     _write_label_priors(preprocessed, folder, storage.prior_targets(with_priors.label_manager),
                         with_priors.modalities.names)
     with_priors.initialize()
     assert with_priors.refinement is not None
     with_priors.save_checkpoint(str(tmp_path / "with.pth"))
 
-    resumed = make_trainer(SMMLTrainer, preprocessed, priors_folder=folder)
+    resumed = smml_trainer(SMMLTrainer, preprocessed, priors_folder=folder)
     resumed.load_checkpoint(str(tmp_path / "without.pth"))
     assert resumed.refinement is None and "refinement_heads" not in resumed.auxiliaries
-    resumed = make_trainer(SMMLTrainer, preprocessed, priors_folder=tmp_path / "none")
+    resumed = smml_trainer(SMMLTrainer, preprocessed, priors_folder=tmp_path / "none")
     resumed.load_checkpoint(str(tmp_path / "with.pth"))  # e.g. --val after the priors were deleted
     assert resumed.refinement is None
     assert "trained with priors, which are not available now" in open(resumed.log_file).read()

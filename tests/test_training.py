@@ -5,16 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CONFIGURATION, DATASET_NAME, load_json
+from conftest import CONFIGURATION, DATASET_NAME, load_json, make_trainer, training_log
 from nnunet_missingmod.modalities import available_modalities
 from nnunet_missingmod.training import FullModalityTrainer, MissingModalityTrainer, ModalityDropoutTrainer
-
-
-def make_trainer(cls, preprocessed, dataset_json=None, fold=0):
-    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    dataset_json = dataset_json or load_json(os.path.join(preprocessed, "dataset.json"))
-    return cls(plans, CONFIGURATION, fold, dataset_json, torch.device("cpu"))
 
 
 class UnmaskedImageTrainer(ModalityDropoutTrainer):
@@ -36,7 +29,7 @@ class AuxiliaryTrainer(MissingModalityTrainer):
 
 def test_train_then_resume_with_nnunet_commands(trained_model):
     fold = os.path.join(trained_model["folder"], "fold_0")
-    log = "".join(open(os.path.join(fold, f)).read() for f in sorted(os.listdir(fold)) if f.startswith("training_log"))
+    log = training_log(fold)
     assert "modalities: T1, T1ce, T2, FLAIR; masking: uniform" in log
     assert "nnUNet_missingmod_num_epochs=1 shortens training" in log
     assert "nnUNet_missingmod_num_epochs=2 shortens training" in log
@@ -49,11 +42,6 @@ def test_train_then_resume_with_nnunet_commands(trained_model):
 
 
 # --- in-process checks of the pieces -----------------------------------------------------------
-
-@pytest.fixture
-def single_process_augmentation(monkeypatch):
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-
 
 def test_batches_carry_the_mask_and_the_unmasked_image(preprocessed, single_process_augmentation):
     np.random.seed(0)
@@ -135,7 +123,7 @@ def test_one_channel_dataset_is_refused(preprocessed):
     dataset_json = load_json(os.path.join(preprocessed, "dataset.json"))
     dataset_json["channel_names"] = {"0": "FLAIR"}
     with pytest.raises(ValueError, match=rf"needs at least two channels.*{DATASET_NAME}.*\['FLAIR'\]"):
-        make_trainer(ModalityDropoutTrainer, preprocessed, dataset_json)
+        make_trainer(ModalityDropoutTrainer, preprocessed, dataset_json=dataset_json)
 
 
 def test_bad_length_override_is_refused(preprocessed, monkeypatch):
