@@ -2,13 +2,14 @@
 printing what docs/demo.md shows."""
 
 import os
+import re
 
 import pytest
 
 from conftest import clean_env, run
 from test_evaluation import SUBSETS_IN_ORDER
 
-from nnunet_missingmod.demo import epoch_summaries
+from nnunet_missingmod.demo import epoch_summaries, machine_signature
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,15 +64,28 @@ def test_epoch_lines_are_read_from_nnunets_log():
         "dice"] == [0.5, 0.25, 0.0]
 
 
+# Measured: the default run with torch's AVX2 kernels instead of AVX-512 on the same machine
+# (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) moved the Mean row's Dice by at most 0.15
+# points, a subset's Dice by at most 3.2 (a near-empty T1-alone cell) and HD95 by up to 76 mm in
+# cells where almost nothing is predicted (Mean HD95 by up to 5.6 mm).
+SAME_MACHINE = {"dice": 0.0, "mean_dice": 0.0, "mean_hd95": 0.0}
+OTHER_MACHINE = {"dice": 5.0, "mean_dice": 1.0, "mean_hd95": 10.0}
+
+
 @pytest.mark.e2e
 def test_the_default_run_prints_the_table_of_docs_demo_md(tmp_path):
-    """The README's demo, as typed: seeded, so it prints docs/demo.md's table (within 0.5 Dice point
-    and 2 mm per cell, for floating-point differences between CPUs; on this machine it is exact)."""
-    expected = table_rows(open(os.path.join(REPO, "docs", "demo.md")).read())
+    """The README's demo, as typed, prints docs/demo.md's table: exactly on a machine with the
+    signature docs/demo.md records, within the measured cross-processor difference elsewhere."""
+    page = open(os.path.join(REPO, "docs", "demo.md")).read()
+    expected = table_rows(page)
+    recorded = re.search(r"^Machine: (.*)$", page, re.MULTILINE)[1]
+    tolerance = SAME_MACHINE if recorded == machine_signature() else OTHER_MACHINE
     result = run(["nnUNetv2_missingmod_demo", "-o", tmp_path / "demo"], clean_env({}), cwd=tmp_path)
     got = table_rows(result.stdout)
     assert set(got) == set(expected)
     for subset, values in expected.items():
-        for column, (want, have) in enumerate(zip(values, got[subset])):
-            tolerance = 0.5 if column < 3 else 2.0
-            assert abs(want - have) <= tolerance, (subset, column, want, have)
+        for column in range(3):  # Dice WT, TC, ET
+            limit = tolerance["mean_dice" if subset == "Mean" else "dice"]
+            assert abs(values[column] - got[subset][column]) <= limit, (subset, column, values, got[subset])
+    for column in range(3, 6):  # HD95: per subset it swings where almost nothing is predicted
+        assert abs(expected["Mean"][column] - got["Mean"][column]) <= tolerance["mean_hd95"], (expected, got)

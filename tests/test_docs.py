@@ -84,3 +84,10 @@ def test_the_docs_use_the_commands():
     evaluation = {flag for flag, _ in DOCUMENTED["nnUNetv2_evaluate_missing"]}
     assert {"-tr", "--subsets", "--figures", "--ensemble_with"} <= evaluation
     assert sum(bool(flags) for flags in DOCUMENTED.values()) >= 6
+
+
+def test_the_readme_shows_the_table_of_docs_demo_md():
+    """docs/demo.md is what the demo writes (tests/test_demo.py); the README shows the same table."""
+    from test_demo import table_rows
+    readme = table_rows(open(os.path.join(REPO, "README.md")).read())
+    assert readme and readme == table_rows(open(os.path.join(REPO, "docs", "demo.md")).read())
