@@ -165,7 +165,9 @@ def test_train_resume_predict_and_evaluate_with_nnunet_commands(smml_model, nnun
     run(["nnUNetv2_evaluate_missing", "-i", images, "-o", tmp_path / "evaluation", "--subsets", "FLAIR",
          "T1ce+FLAIR", *model], env)
     summary = load_json(tmp_path / "evaluation" / "summary.json")
-    assert "T1ce+FLAIR" in str(summary) and "FLAIR" in str(summary)
+    assert summary["subsets"] == ["FLAIR", "T1ce+FLAIR"]
+    for subset in summary["subsets"]:
+        assert set(summary["per_subset"][subset]) == {"whole_tumor", "tumor_core", "enhancing_tumor"}
 
 
 # --- data ----------------------------------------------------------------------------------------
