@@ -6,12 +6,11 @@ import re
 
 import pytest
 
-from conftest import clean_env, run
+from conftest import REPO, clean_env, run
 from test_evaluation import SUBSETS_IN_ORDER
 
 from nnunet_missingmod.demo import epoch_summaries, machine_signature
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def table_rows(text: str) -> dict[str, list[float]]:

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import load_script
+from conftest import REPO, load_script
 from nnunet_missingmod.inference.metrics import HD95_ONE_EMPTY, dice
 from nnunet_missingmod.inference.reports import write_reports
 from nnunet_missingmod.modalities import Modalities
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGIONS = ["whole_tumor", "tumor_core", "enhancing_tumor"]
 CHANNELS = ("t2f", "t1c", "t1n", "t2w")  # FLAIR, T1ce, T1, T2: neither our order nor the papers'
 
