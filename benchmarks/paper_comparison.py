@@ -19,7 +19,8 @@ triples, all), then the mean over the 15 subsets.
 The papers' numbers live in ``paper_numbers.json`` with their paper, table, split, metric
 convention and source. Where a paper's convention differs from ours, ``--convention paper``
 recomputes our numbers in the paper's convention when our files allow it (MST-KDNet's HD95 of 0 for
-an empty mask, from per_case.csv; RFNet's ET post-processing, from the predictions saved by
+an empty mask, from per_case.csv; RFNet's ET post-processing, from per_case.csv's ETpp rows, which
+``nnUNetv2_evaluate_missing`` scores, or for older evaluations from the predictions saved by
 ``--save_predictions`` and the reference labels given with ``--labels``) and says so when they do
 not. See docs/reproduce.md.
 """
@@ -147,6 +148,7 @@ class Evaluation:
     region_names: dict          # WT/TC/ET -> region name as in dataset.json
     subset_names: dict          # subset key -> subset name as written (dataset channel names)
     records: list = field(default_factory=list)  # {"case", "subset" (key), "region" (WT/TC/ET), "dice", "hd95"}
+    etpp_dice: dict = field(default_factory=dict)  # (case, subset key) -> ETpp Dice, where the evaluation scored it
 
     @property
     def cases(self) -> set:
@@ -200,6 +202,8 @@ def read_evaluation(folder: str) -> Evaluation:
         subset_names[key] = name
     short_of = {name: short for short, name in region_names.items()}
     key_of = {name: key for key, name in subset_names.items()}
+    etpp_region = next((r for r in regions if short_region_name(r) == "ETpp"), None)
+    etpp_dice = {}
 
     records, sums = [], {}
     with open(csv_path, newline="", encoding="utf-8") as f:
@@ -224,6 +228,8 @@ def read_evaluation(folder: str) -> Evaluation:
             if row["region"] in short_of:
                 records.append({"case": row["case"], "subset": key_of[row["subset"]],
                                 "region": short_of[row["region"]], **values})
+            elif row["region"] == etpp_region:
+                etpp_dice[row["case"], key_of[row["subset"]]] = values["dice"]
     # per_case.csv and summary.json are written together; a disagreement means one was replaced.
     for subset in subsets:
         for region in regions:
@@ -236,7 +242,7 @@ def read_evaluation(folder: str) -> Evaluation:
                 if values[m] and not math.isclose(float(np.mean(values[m])), expected[m], rel_tol=1e-9, abs_tol=1e-9):
                     raise ComparisonError(f"{csv_path} and {summary_path} disagree on the mean {m} of {subset} / "
                                           f"{region}: was one of them replaced?")
-    return Evaluation(folder, _read_title(folder), region_names, subset_names, records)
+    return Evaluation(folder, _read_title(folder), region_names, subset_names, records, etpp_dice)
 
 
 # --- conventions -------------------------------------------------------------------------------
@@ -305,8 +311,15 @@ def convert(evaluation: Evaluation, convention_keys: set, convention: str, label
         return records
     if "mstkd" in convention_keys:
         records = mstkd_hd95(records)
-    if "rfnet" in convention_keys and labels_folder and dataset_json is not None:
-        records = rfnet_et_postprocessing(evaluation, labels_folder, dataset_json)
+    if "rfnet" in convention_keys:
+        if evaluation.etpp_dice:  # scored by nnUNetv2_evaluate_missing itself (its ETpp column)
+            records = [{**r, "dice": evaluation.etpp_dice[r["case"], r["subset"]]} if r["region"] == "ET" else r
+                       for r in records]
+        elif labels_folder and dataset_json is not None:  # an older evaluation: recompute from its predictions
+            converted = {(r["case"], r["subset"]): r["dice"] for r in
+                         rfnet_et_postprocessing(evaluation, labels_folder, dataset_json) if r["region"] == "ET"}
+            records = [{**r, "dice": converted[r["case"], r["subset"]]} if r["region"] == "ET" else r
+                       for r in records]
     return records
 
 
@@ -399,7 +412,8 @@ class ConventionNote:
     status: str
 
 
-def convention_notes(keys: set, metric: str, convention: str, labels_given: bool) -> list[ConventionNote]:
+def convention_notes(keys: set, metric: str, convention: str, labels_given: bool,
+                     etpp_scored: bool = False) -> list[ConventionNote]:
     """How each paper convention shown differs from ours, and whether our numbers were converted."""
     converted = convention == "paper"
     notes = []
@@ -423,7 +437,9 @@ def convention_notes(keys: set, metric: str, convention: str, labels_given: bool
     if "rfnet" in keys:
         notes.append(ConventionNote(
             "RFNet-family Dice: eps = 1e-8 (both empty = 1, one empty = 0)", "identical to ours"))
-        if converted and labels_given:
+        if converted and etpp_scored:
+            status = "converted: our ET Dice is the evaluation's ETpp column (predicted ET < 500 voxels -> empty)"
+        elif converted and labels_given:
             status = "converted: our ET Dice recomputed from the saved predictions (predicted ET < 500 voxels -> empty)"
         elif converted:
             status = ("not converted: per_case.csv has no predicted ET volume; rerun nnUNetv2_evaluate_missing with "
@@ -499,7 +515,8 @@ def compare(runs: Sequence[Run], tables: Sequence[PaperTable], datasets: dict, u
                        f"Convention: {table.convention}.")
             for note in table.notes:
                 out.append(f"  - note: {note}" if markdown else f"    note: {note}")
-        notes = convention_notes({t.convention_key for t in shown}, metric, convention, labels_given)
+        notes = convention_notes({t.convention_key for t in shown}, metric, convention, labels_given,
+                                 etpp_scored=all(e.etpp_dice for r in runs for e in r.evaluations))
         out += ["", f"{heading}Where the conventions differ" if markdown else "Where the conventions differ:"]
         out += [f"{bullet}{n.what}: {n.status}." for n in notes]
     gaps = [u for u in unavailable if dataset in u.get("datasets", [])]

@@ -9,11 +9,12 @@ import SimpleITK as sitk
 from conftest import CONFIGURATION, DATASET_ID, TRAINER, clean_env, load_json, run
 from nnunet_missingmod.inference.cases import CaseError
 from nnunet_missingmod.inference.evaluate_missing import evaluate_missing
-from nnunet_missingmod.inference.metrics import region_metrics
+from nnunet_missingmod.inference.records import EvaluationStateError
+from nnunet_missingmod.inference.scoring import score_prediction
 
 SUBSETS_IN_ORDER = ["T1", "T1ce", "T2", "FLAIR", "T1+T1ce", "T1+T2", "T1+FLAIR", "T1ce+T2", "T1ce+FLAIR", "T2+FLAIR",
                     "T1+T1ce+T2", "T1+T1ce+FLAIR", "T1+T2+FLAIR", "T1ce+T2+FLAIR", "T1+T1ce+T2+FLAIR"]
-REGIONS = ["whole_tumor", "tumor_core", "enhancing_tumor"]
+REGIONS = ["whole_tumor", "tumor_core", "enhancing_tumor", "enhancing_tumor_postprocessed"]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,14 @@ def test_reports_cover_every_case_subset_and_region(evaluation, raw_dataset):
         (c, s, r) for c in cases for s in SUBSETS_IN_ORDER for r in REGIONS}
     for r in rows:
         assert 0 <= float(r["dice"]) <= 1 and 0 <= float(r["hd95"]) <= 373.13
+        assert 0 <= float(r["lesion_dice"]) <= 1 and 0 <= float(r["lesion_hd95"]) <= 374
     summary = load_json(out / "summary.json")
     assert summary["subsets"] == SUBSETS_IN_ORDER
     table = (out / "table.md").read_text()
     positions = [table.index(f"| {s} ") for s in SUBSETS_IN_ORDER]
     assert positions == sorted(positions) and "Mean" in table
     assert table.strip() in result.stdout  # the command prints the table
+    assert "Dice ETpp (%)" in table and "Lesion-wise (BraTS 2023+ GLI" in table
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -51,12 +54,12 @@ def test_saved_predictions_match_the_per_case_scores(evaluation, raw_dataset):
     case = rows[0]["case"]
     prediction = sitk.ReadImage(str(out / "predictions" / "T1ce+FLAIR" / f"{case}.nii.gz"))
     reference = sitk.ReadImage(os.path.join(raw_dataset, "labelsTs", f"{case}.nii.gz"))
-    scores = region_metrics(sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(reference),
-                            {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)},
-                            reference.GetSpacing()[::-1])
+    scores = score_prediction(sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(reference),
+                              {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)},
+                              reference.GetSpacing()[::-1])
     for row in (r for r in rows if r["case"] == case):
-        assert float(row["dice"]) == pytest.approx(scores[row["region"]]["dice"], abs=1e-6)
-        assert float(row["hd95"]) == pytest.approx(scores[row["region"]]["hd95"], abs=1e-4)
+        for metric in ("dice", "hd95", "lesion_dice", "lesion_hd95"):
+            assert float(row[metric]) == pytest.approx(scores[row["region"]][metric], abs=1e-4), metric
 
 
 def test_evaluation_equals_prediction_from_absent_files(evaluation, predictor, raw_dataset, tmp_path):
@@ -104,7 +107,7 @@ def test_subset_choice_and_refusal_to_overwrite(predictor, raw_dataset, tmp_path
             str(tmp_path / "out"))
     summary = evaluate_missing(*args, subsets=["flair", "T1c+FLAIR"], show_progress=False)
     assert summary["subsets"] == ["FLAIR", "T1ce+FLAIR"]
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(EvaluationStateError, match=r"holds another evaluation .*subsets.*--overwrite"):
         evaluate_missing(*args, subsets=["T1"], show_progress=False)
     assert evaluate_missing(*args, subsets=["T1"], overwrite=True, show_progress=False)["subsets"] == ["T1"]
 

@@ -154,6 +154,23 @@ def _write_mask(array: np.ndarray, path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
 
 
+def test_rfnet_et_postprocessing_from_the_evaluations_etpp_rows(tmp_path):
+    """An evaluation that scored ETpp itself needs neither saved predictions nor labels: the
+    papers' convention takes its ET Dice from the ETpp rows, and leaves WT, TC and HD95 alone."""
+    subsets = [Modalities(CHANNELS).subset_name(s) for s in Modalities(CHANNELS).subsets()]
+    regions = REGIONS + ["enhancing_tumor_postprocessed"]
+    records = [{"case": c, "subset": s, "region": r, "dice": {"enhancing_tumor": 0.5,
+                                                              "enhancing_tumor_postprocessed": 0.75}.get(r, 0.9),
+                "hd95": 2.0} for c in ("a", "b") for s in subsets for r in regions]
+    write_reports(records, subsets, regions, str(tmp_path / "eval"))
+    args = ["--dataset", "brats2018", str(tmp_path / "eval"), "--markdown"]
+    assert markdown_tables(pc.main(args))["Dice ET (%), BraTS 2018"]["T1ce"]["eval (ours)"] == "50.00"
+    text = pc.main(args + ["--convention", "paper"])
+    assert markdown_tables(text)["Dice ET (%), BraTS 2018"]["T1ce"]["eval (ours)"] == "75.00"
+    assert markdown_tables(text)["Dice WT (%), BraTS 2018"]["T1ce"]["eval (ours)"] == "90.00"
+    assert "converted: our ET Dice is the evaluation's ETpp column" in text
+
+
 def test_rfnet_et_postprocessing_from_saved_predictions(tmp_path):
     """Predicted ET under 500 voxels is emptied: a 400-voxel hit becomes a miss, a 100-voxel false
     positive on a case without ET becomes a perfect score; a 600-voxel ET is kept."""

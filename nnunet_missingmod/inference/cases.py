@@ -152,6 +152,9 @@ def read_case(case: RawCase, modalities: Modalities, reader) -> tuple[np.ndarray
             raise CaseError(f"case {case.case_id}: cannot read {case.files[channel]}: {e}") from e
         if image.shape[0] != 1:
             raise CaseError(f"case {case.case_id}: {case.files[channel]} holds {image.shape[0]} channels, expected 1")
+        if not np.isfinite(image).all():
+            raise CaseError(f"case {case.case_id}: {case.files[channel]} holds {np.count_nonzero(~np.isfinite(image))} "
+                            f"NaN or infinite values; nnU-Net's normalisation would turn the whole channel into NaN")
         loaded.append((case.files[channel], image, props))
         _check_geometry(*((f, i.shape[1:], p) for f, i, p in (loaded[0], loaded[-1])), case.case_id)
     data = np.zeros((len(modalities), *loaded[0][1].shape[1:]), dtype=np.float32)

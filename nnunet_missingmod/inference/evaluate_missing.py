@@ -2,16 +2,21 @@
 
 Each labelled test case is read and preprocessed once; for each subset the missing channels of
 the preprocessed tensor are set to zero (equal to zero-filled raw files under ZScore / no
-normalisation, which preserve zero; other schemes are preprocessed again per subset), predicted
-with nnU-Net's predictor, brought back to the original geometry and scored per region (Dice,
-HD95 in mm). Writes per-case CSV, summary JSON, a Markdown table in the papers' layout and a heat
-map (see ``reports``).
+normalisation, which preserve zero; other schemes are preprocessed again per subset) and
+predicted with nnU-Net's predictor. Bringing the logits back to the original geometry, saving and
+scoring (``scoring``: legacy Dice/HD95, ETpp, lesion-wise) run in worker processes while the
+device predicts the next subset. Each case's scores are saved as soon as it is done
+(``records``), so an interrupted run continues and a run split into parts is merged; the reports
+(``reports``) are written from the records.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import copy
+import multiprocessing
 import os
 import sys
 from typing import Optional, Sequence
@@ -23,14 +28,16 @@ from tqdm import tqdm
 from nnunet_missingmod.inference.cases import (CaseError, attach_labels, check_case, find_cases, read_case,
                                                read_label)
 from nnunet_missingmod.inference.figures import case_figure
-from nnunet_missingmod.inference.metrics import region_metrics, regions_from_dataset_json
+from nnunet_missingmod.inference.metrics import regions_from_dataset_json
 from nnunet_missingmod.inference.model import add_model_arguments, predictor_from_args
+from nnunet_missingmod.inference.records import (EvaluationFolder, EvaluationStateError, cases_of_part,
+                                                 merged_records, weights_digest)
 from nnunet_missingmod.inference.reports import write_reports
+from nnunet_missingmod.inference.scoring import Conventions, score_prediction, scored_regions
 from nnunet_missingmod.modalities import Modalities
 
 # Normalisation schemes that map an all-zero channel to an all-zero channel.
 ZERO_PRESERVING_NORMALIZATIONS = {"ZScoreNormalization", "NoNormalization"}
-SUMMARY_FILE = "summary.json"
 
 
 def default_label_folder(image_folder: str) -> str:
@@ -39,13 +46,65 @@ def default_label_folder(image_folder: str) -> str:
     return os.path.join(parent, name.replace("images", "labels", 1))
 
 
+class _InProcess:
+    """The executor for ``num_workers=0``: each job runs when it is submitted."""
+
+    def submit(self, fn, *args):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, cancel_futures: bool = False):
+        pass
+
+
+def export_and_score(logits: torch.Tensor, plans_manager, configuration_manager, label_manager, properties: dict,
+                     reference: np.ndarray, spacing, regions: dict, conventions: Conventions,
+                     save_to: Optional[str], keep: bool):
+    """Logits -> segmentation in the original geometry -> scores (and the file, with ``save_to``).
+
+    The CPU half of an evaluation step; it runs in a worker while the device predicts the next
+    subset. Returns ``(scores, segmentation if keep else None)``."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, plans_manager, configuration_manager, label_manager, properties, return_probabilities=False)
+    if save_to is not None:
+        folder, name = os.path.split(save_to)
+        os.makedirs(folder, exist_ok=True)
+        partial = os.path.join(folder, ".partial_" + name)
+        plans_manager.image_reader_writer_class().write_seg(segmentation, partial, properties)
+        os.replace(partial, save_to)
+    scores = score_prediction(segmentation, reference, regions, spacing, conventions)
+    return scores, (segmentation if keep else None)
+
+
+def evaluation_identity(predictor, subsets: Sequence[str], regions: dict, conventions: Conventions,
+                        case_ids: Sequence[str], image_folder: str, label_folder: str) -> dict:
+    """Everything a score depends on (see :mod:`.records`)."""
+    return {"trainer": predictor.trainer_name, "plans": predictor.plans_manager.plans_name,
+            "configuration": predictor.configuration_manager.configuration,
+            "weights": weights_digest(predictor.list_of_parameters), "networks": len(predictor.list_of_parameters),
+            "mirroring": bool(predictor.use_mirroring), "step_size": float(predictor.tile_step_size),
+            "subsets": list(subsets), "regions": {k: list(v) for k, v in regions.items()},
+            "conventions": conventions.as_dict(), "cases": sorted(case_ids),
+            "images": os.path.abspath(image_folder), "labels": os.path.abspath(label_folder)}
+
+
 def evaluate_missing(predictor, image_folder: str, label_folder: str, output_folder: str,
                      subsets: Optional[Sequence[str]] = None, save_predictions: bool = False,
-                     overwrite: bool = False, show_progress: bool = True, figures: int = 0) -> dict:
-    """Score ``predictor`` on every case of ``image_folder`` under each subset; returns the summary.
+                     overwrite: bool = False, show_progress: bool = True, figures: int = 0,
+                     continue_evaluation: bool = False, num_parts: int = 1, part_id: int = 0,
+                     num_workers: int = 0, conventions: Conventions = Conventions()) -> Optional[dict]:
+    """Score ``predictor`` on every case of ``image_folder`` (or part ``part_id`` of ``num_parts``)
+    under each subset; returns the summary, or None for one part of several (merge them with
+    :func:`merge_evaluation`).
 
     ``figures``: for the first ``figures`` cases, a picture of the modalities, the reference and
-    the prediction under each subset (``figures/<case>.png``, :mod:`.figures`).
+    the prediction under each subset (``figures/<case>.png``, :mod:`.figures`). ``num_workers``:
+    processes that export, save and score while the device predicts (0: in this process).
     """
     dataset_json = predictor.dataset_json
     modalities = Modalities.from_dataset_json(dataset_json)
@@ -54,100 +113,172 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
     subset_indices = list(dict.fromkeys(subset_indices))
     subset_names = [modalities.subset_name(s) for s in subset_indices]
     regions = regions_from_dataset_json(dataset_json)
+    cases_of_part(["any"], num_parts, part_id)  # a bad -num_parts/-part_id fails before any reading
 
-    if os.path.isfile(os.path.join(output_folder, SUMMARY_FILE)) and not overwrite:
-        raise FileExistsError(f"{os.path.join(output_folder, SUMMARY_FILE)} exists; pass --overwrite to replace "
-                              f"the evaluation in {output_folder}")
-    cases = find_cases(image_folder, file_ending, modalities)
-    if not cases:
+    all_cases = find_cases(image_folder, file_ending, modalities)
+    if not all_cases:
         raise CaseError(f"no case files (CASE_XXXX{file_ending}) in {image_folder}")
+    folder = EvaluationFolder(output_folder, evaluation_identity(
+        predictor, subset_names, scored_regions(regions), conventions, list(all_cases), image_folder, label_folder),
+        list(all_cases), num_parts, part_id)
+    cases = {c: all_cases[c] for c in folder.cases}
     for case in cases.values():
         if case.missing(len(modalities)):
             absent = ", ".join(modalities.names[c] for c in case.missing(len(modalities)))
             raise CaseError(f"case {case.case_id} lacks {absent} in {image_folder}; the evaluation removes "
                             f"modalities itself and needs every test case complete")
     attach_labels(cases, label_folder, file_ending)
-
     plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
-    preprocessor = configuration_manager.preprocessor_class(verbose=False)
     reader = plans_manager.image_reader_writer_class()
-    for case in cases.values():  # every case, label included, before anything runs
+    for case in cases.values():  # every case, label included, before anything runs or is written
         check_case(case, modalities, reader)
+    todo = folder.open(overwrite, continue_evaluation)
+
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
     preprocess_once = set(configuration_manager.normalization_schemes) <= ZERO_PRESERVING_NORMALIZATIONS
+    defined_labels = defined_label_values(dataset_json)
 
     def preprocess(raw: np.ndarray, properties: dict):
         data, _, properties = preprocessor.run_case_npy(raw, None, copy.deepcopy(properties), plans_manager,
                                                         configuration_manager, dataset_json)
         return torch.from_numpy(data), properties
 
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    figure_cases = set(sorted(all_cases)[:figures])
+    executor = (concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+                if num_workers > 0 else _InProcess())
+    in_flight: collections.deque = collections.deque()  # (case, raw or None, reference or None, {subset: future})
+    progress = tqdm(total=len(folder.cases) * len(subset_indices), initial=(len(folder.cases) - len(todo)) *
+                    len(subset_indices), desc="evaluating", unit="prediction", disable=not show_progress)
 
-    records = []
-    progress = tqdm(total=len(cases) * len(subset_indices), desc="evaluating", unit="prediction",
-                    disable=not show_progress)
-    figure_cases = set(sorted(cases)[:figures])
-    for case in cases.values():
-        raw, raw_properties, _ = read_case(case, modalities, reader)
-        pictured = {}
-        reference, label_properties = read_label(case, reader, raw.shape[1:])
-        if preprocess_once:
-            full, properties = preprocess(raw, raw_properties)
-        for subset, subset_name in zip(subset_indices, subset_names):
-            progress.set_postfix_str(f"{case.case_id} {subset_name}")
-            missing = [c for c in range(len(modalities)) if c not in subset]
+    def finish_cases(wait_for_all: bool) -> None:
+        """Record every finished case at the head of the queue (all of them when ``wait_for_all``)."""
+        while in_flight and (wait_for_all or all(f.done() for f in in_flight[0][3].values())):
+            case, raw, reference, futures = in_flight.popleft()
+            records, pictured = [], {}
+            for subset_name, future in futures.items():
+                scores, segmentation = future.result()
+                pictured[subset_name] = segmentation
+                records += [{"case": case.case_id, "subset": subset_name, "region": region, **values}
+                            for region, values in scores.items()]
+            if raw is not None:
+                case_figure(raw, modalities.names, reference, pictured, dataset_json,
+                            os.path.join(output_folder, "figures", f"{case.case_id}.png"),
+                            title=f"{predictor.trainer_name}: {case.case_id}")
+            folder.save_case(case.case_id, records)
+
+    try:
+        for case_id in todo:
+            case = cases[case_id]
+            raw, raw_properties, _ = read_case(case, modalities, reader)
+            reference, label_properties = read_label(case, reader, raw.shape[1:])
+            check_labels(case, reference, defined_labels)
             if preprocess_once:
-                data = full.clone()
-                data[missing] = 0
-            else:
-                masked = raw.copy()
-                masked[missing] = 0
-                data, properties = preprocess(masked, raw_properties)
-            logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
-            prediction = convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, plans_manager, configuration_manager, predictor.label_manager, properties,
-                return_probabilities=False)
-            if save_predictions:
-                folder = os.path.join(output_folder, "predictions", subset_name)
-                os.makedirs(folder, exist_ok=True)
-                reader.write_seg(prediction, os.path.join(folder, case.case_id + file_ending), raw_properties)
-            if case.case_id in figure_cases:
-                pictured[subset_name] = prediction
-            scores = region_metrics(prediction, reference, regions, label_properties["spacing"])
-            for region, values in scores.items():
-                records.append({"case": case.case_id, "subset": subset_name, "region": region, **values})
-            progress.update()
-        if pictured:
-            case_figure(raw, modalities.names, reference, pictured, dataset_json,
-                        os.path.join(output_folder, "figures", f"{case.case_id}.png"),
-                        title=f"{predictor.trainer_name}: {case.case_id}")
-    progress.close()
-    title = f"{predictor.trainer_name} on {os.path.basename(os.path.normpath(image_folder))} ({len(cases)} cases)"
-    return write_reports(records, subset_names, list(regions), output_folder, title=title)
+                full, properties = preprocess(raw, raw_properties)
+            pictured = case_id in figure_cases
+            futures = {}
+            for subset, subset_name in zip(subset_indices, subset_names):
+                progress.set_postfix_str(f"{case_id} {subset_name}")
+                missing = [c for c in range(len(modalities)) if c not in subset]
+                if preprocess_once:
+                    data = full.clone()
+                    data[missing] = 0
+                else:
+                    masked = raw.copy()
+                    masked[missing] = 0
+                    data, properties = preprocess(masked, raw_properties)
+                logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
+                save_to = (os.path.join(output_folder, "predictions", subset_name, case_id + file_ending)
+                           if save_predictions else None)
+                futures[subset_name] = executor.submit(
+                    export_and_score, logits, plans_manager, configuration_manager, predictor.label_manager,
+                    properties, reference, label_properties["spacing"], regions, conventions, save_to, pictured)
+                del logits
+                progress.update()
+                # Bounded memory: at most two jobs per worker wait for the CPU side.
+                while sum(not f.done() for *_, fs in in_flight for f in fs.values()) + \
+                        sum(not f.done() for f in futures.values()) > 2 * max(num_workers, 1):
+                    concurrent.futures.wait([f for *_, fs in in_flight for f in fs.values()] + list(futures.values()),
+                                            return_when=concurrent.futures.FIRST_COMPLETED)
+            in_flight.append((case, raw if pictured else None, reference if pictured else None, futures))
+            finish_cases(wait_for_all=False)
+        finish_cases(wait_for_all=True)
+    finally:
+        executor.shutdown(cancel_futures=True)
+        progress.close()
+    folder.finish()
+    if num_parts > 1:
+        return None
+    return merge_evaluation(output_folder)
+
+
+def defined_label_values(dataset_json: dict) -> set[int]:
+    """Every label value dataset.json defines (regions list their labels; background included)."""
+    return {int(v) for value in dataset_json["labels"].values() for v in np.atleast_1d(value)}
+
+
+def check_labels(case, reference: np.ndarray, defined: set[int]) -> None:
+    unknown = [int(v) if float(v).is_integer() else v for v in np.unique(reference).tolist() if v not in defined]
+    if unknown:
+        raise CaseError(f"case {case.case_id}: {case.label_file} holds label(s) {unknown} that dataset.json does not "
+                        f"define (it defines {sorted(defined)})")
+
+
+def merge_evaluation(output_folder: str) -> dict:
+    """The reports of a finished evaluation from the records of all its parts."""
+    identity, records = merged_records(output_folder)
+    title = f"{identity['trainer']} on {os.path.basename(identity['images'])} ({len(identity['cases'])} cases)"
+    return write_reports(records, identity["subsets"], list(identity["regions"]), output_folder, title=title)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_evaluate_missing",
         description="Evaluate a trained nnU-Net model under every non-empty subset of its modalities: "
-                    "per-case Dice and HD95 per region, a summary, a Markdown table and a heat map.")
-    parser.add_argument("-i", dest="image_folder", required=True, help="test images (every modality present)")
+                    "per-case Dice and HD95 per region (legacy, ETpp and lesion-wise), a summary, a Markdown table "
+                    "and a heat map. Resumable, and shardable over processes with -num_parts/-part_id.")
+    parser.add_argument("-i", dest="image_folder", help="test images (every modality present)")
     parser.add_argument("-l", dest="label_folder", default=None,
                         help="reference segmentations (default: the labels folder beside -i, e.g. labelsTs)")
-    parser.add_argument("-o", dest="output_folder", required=True, help="where the reports go")
+    parser.add_argument("-o", dest="output_folder", required=True, help="where the records and reports go")
     parser.add_argument("--subsets", nargs="+", default=None,
                         help="only these subsets, e.g. T1ce+FLAIR T2 all (default: all 2^M-1)")
     parser.add_argument("--save_predictions", action="store_true", help="also write every prediction")
     parser.add_argument("--figures", type=int, default=0, metavar="K",
                         help="a picture of each of the first K cases under every subset (figures/<case>.png)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing evaluation")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing evaluation (this part's share)")
+    parser.add_argument("--continue_evaluation", "--c", action="store_true",
+                        help="go on with an interrupted evaluation of the same model, subsets and conventions")
+    parser.add_argument("-num_parts", type=int, default=1, help="share the cases among this many runs (as "
+                        "nnUNetv2_predict); then merge with --merge")
+    parser.add_argument("-part_id", type=int, default=0, help="which share this run evaluates (0 to num_parts-1)")
+    parser.add_argument("--merge", action="store_true",
+                        help="only merge the finished parts in -o into the reports (no model needed)")
+    parser.add_argument("-np", dest="num_workers", type=int, default=3,
+                        help="processes that export, save and score while the device predicts (default 3, as "
+                             "nnUNetv2_predict's -nps; 0: all in this process)")
+    parser.add_argument("--et_min_voxels", type=int, default=Conventions.et_min_voxels,
+                        help="ETpp: a predicted ET of fewer voxels counts as none (RFNet's %(default)s)")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
-    label_folder = args.label_folder or default_label_folder(args.image_folder)
     try:
-        predictor = predictor_from_args(args)
-        evaluate_missing(predictor, args.image_folder, label_folder, args.output_folder, args.subsets,
-                         args.save_predictions, args.overwrite, figures=args.figures)
-    except (CaseError, FileExistsError, FileNotFoundError, ValueError) as e:
+        if args.merge:
+            merge_evaluation(args.output_folder)
+        else:
+            if args.image_folder is None:
+                parser.error("-i is required (unless --merge)")
+            cases_of_part(["any"], args.num_parts, args.part_id)  # before the model loads
+            label_folder = args.label_folder or default_label_folder(args.image_folder)
+            predictor = predictor_from_args(args)
+            summary = evaluate_missing(predictor, args.image_folder, label_folder, args.output_folder, args.subsets,
+                                       args.save_predictions, args.overwrite, figures=args.figures,
+                                       continue_evaluation=args.continue_evaluation, num_parts=args.num_parts,
+                                       part_id=args.part_id, num_workers=args.num_workers,
+                                       conventions=Conventions(et_min_voxels=args.et_min_voxels))
+            if summary is None:
+                print(f"part {args.part_id} of {args.num_parts} done; when every part is, merge them: "
+                      f"nnUNetv2_evaluate_missing --merge -o {args.output_folder}")
+                return
+    except (CaseError, EvaluationStateError, FileExistsError, FileNotFoundError, ValueError) as e:
         sys.exit(f"nnUNetv2_evaluate_missing: error: {e}")
     with open(os.path.join(args.output_folder, "table.md")) as f:
         print(f.read())

@@ -58,11 +58,11 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=footprint)
 
 
-def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], one_empty: float = HD95_ONE_EMPTY) -> float:
     """95th percentile of the symmetric surface distances in mm (medpy's ``hd95``).
 
     ``spacing`` is the voxel size in mm in the axis order of the arrays (nnU-Net's readers already
-    give it so). Both empty -> 0.0; exactly one empty -> ``HD95_ONE_EMPTY``; otherwise the
+    give it so). Both empty -> 0.0; exactly one empty -> ``one_empty``; otherwise the
     distances from each surface voxel of one mask to the nearest surface voxel of the other, both
     directions pooled, and ``np.percentile(d, 95)``. The work is done on the bounding box of the
     union, so a small tumour in a large volume costs what the tumour costs.
@@ -75,7 +75,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     if not (has_pred or has_ref):
         return 0.0
     if not (has_pred and has_ref):
-        return HD95_ONE_EMPTY
+        return float(one_empty)
     box = _union_box(pred, ref)
     pred_surface, ref_surface = _surface(pred[box]), _surface(ref[box])
     to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)[pred_surface]
@@ -118,4 +118,6 @@ def short_region_name(name: str) -> str:
     """WT / TC / ET for the BraTS regions however they are spelled (``whole_tumor``, ``Whole
     Tumor``, ``enhancing-tumour``), else ``name`` unchanged: the column heads of the papers."""
     key = "".join(c for c in name.lower() if c not in " _-")
+    if key.endswith("postprocessed") and key[:-len("postprocessed")] in _SHORT_NAMES:
+        return _SHORT_NAMES[key[:-len("postprocessed")]] + "pp"  # ETpp, the RFNet-family post-processed ET
     return _SHORT_NAMES.get(key, name)

@@ -1,7 +1,8 @@
 """Reports of the all-subset evaluation: per-case CSV, summary JSON, Markdown table, heat map.
 
-Input is a flat list of records ``{"case", "subset", "region", "dice", "hd95"}`` (one per case,
-subset and region) plus the subset order (singles first ... full set last) and the region order.
+Input is a flat list of records ``{"case", "subset", "region", "dice", "hd95"[, "lesion_dice",
+"lesion_hd95"]}`` (one per case, subset and region) plus the subset order (singles first ... full
+set last) and the region order.
 Every file is written to a temporary file beside it and moved into place with ``os.replace``, so
 a crash or an interrupted run never leaves a half-written report that looks complete.
 """
@@ -19,14 +20,14 @@ import numpy as np
 
 from nnunet_missingmod.inference.metrics import short_region_name
 
-CSV_FIELDS = ("case", "subset", "region", "dice", "hd95")
-METRICS = ("dice", "hd95")
+KEYS = ("case", "subset", "region")
+METRICS = ("dice", "hd95", "lesion_dice", "lesion_hd95")  # the legacy pair first; lesion-wise if scored
 MEAN_ROW = "Mean"
 REPORT_FILES = ("per_case.csv", "summary.json", "table.md", "heatmap.png")
 
 
 @contextlib.contextmanager
-def _atomic_path(path: str) -> Iterator[str]:
+def atomic_path(path: str) -> Iterator[str]:
     """A temporary path beside ``path`` (same file system, so ``os.replace`` is atomic) that
     replaces ``path`` when the block succeeds and is removed when it fails."""
     path = os.fspath(path)
@@ -58,7 +59,8 @@ def summarize(records: Sequence[dict], subsets: Sequence[str], regions: Sequence
     subsets, regions = list(subsets), list(regions)
     if not subsets or not regions:
         raise ValueError(f"nothing to summarise: subsets {subsets}, regions {regions}")
-    values = {(s, r): {m: [] for m in METRICS} for s in subsets for r in regions}
+    metrics = record_metrics(records)
+    values = {(s, r): {m: [] for m in metrics} for s in subsets for r in regions}
     seen = set()
     for record in records:
         key = (record["subset"], record["region"])
@@ -68,30 +70,41 @@ def summarize(records: Sequence[dict], subsets: Sequence[str], regions: Sequence
         if (record["case"], *key) in seen:
             raise ValueError(f"case {record['case']!r} is scored twice for {key[0]} / {key[1]}")
         seen.add((record["case"], *key))
-        for m in METRICS:
+        for m in metrics:
             values[key][m].append(float(record[m]))
 
-    per_subset = {s: {r: {**{m: _mean(values[s, r][m]) for m in METRICS}, "n_cases": len(values[s, r]["dice"])}
+    per_subset = {s: {r: {**{m: _mean(values[s, r][m]) for m in metrics}, "n_cases": len(values[s, r]["dice"])}
                       for r in regions} for s in subsets}
     mean_over_subsets = {}
     for r in regions:
         cells = [per_subset[s][r] for s in subsets if per_subset[s][r]["n_cases"]]
-        mean_over_subsets[r] = {**{m: _mean([c[m] for c in cells]) for m in METRICS}, "n_subsets": len(cells)}
+        mean_over_subsets[r] = {**{m: _mean([c[m] for c in cells]) for m in metrics}, "n_subsets": len(cells)}
     return {"subsets": subsets, "regions": regions, "per_subset": per_subset, "mean_over_subsets": mean_over_subsets}
 
 
+def record_metrics(records: Sequence[dict]) -> list[str]:
+    """The metrics the records carry (every record the same ones; ``dice`` and ``hd95`` at least)."""
+    metrics = [m for m in METRICS if records and m in records[0]] or ["dice", "hd95"]
+    for record in records:
+        lacking = [m for m in metrics if m not in record] + [m for m in ("dice", "hd95") if m not in record]
+        extra = [m for m in METRICS if m in record and m not in metrics]
+        if lacking or extra:
+            raise ValueError(f"record {record} has other metrics than the first record ({metrics})")
+    return metrics
+
+
 def write_per_case_csv(records: Sequence[dict], path: str) -> None:
-    """One row per case, subset and region: ``case,subset,region,dice,hd95`` (full float precision,
-    so the CSV reproduces the summary exactly)."""
-    with _atomic_path(path) as tmp, open(tmp, "x", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    """One row per case, subset and region: ``case,subset,region,dice,hd95[,lesion_dice,lesion_hd95]``
+    (full float precision, so the CSV reproduces the summary exactly)."""
+    with atomic_path(path) as tmp, open(tmp, "x", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*KEYS, *record_metrics(records)], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
 
 
 def write_summary_json(summary: dict, path: str) -> None:
     """The summary of ``summarize`` as JSON (it carries the subset and region order)."""
-    with _atomic_path(path) as tmp, open(tmp, "x") as f:
+    with atomic_path(path) as tmp, open(tmp, "x") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
 
@@ -100,33 +113,46 @@ def _cell(value: Optional[float], scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value * scale:.2f}"
 
 
-def markdown_table(summary: dict, title: Optional[str] = None) -> str:
-    """The papers' layout: a row per subset, Dice (%) then HD95 (mm) per region, a bold Mean row."""
+def _metric_table(summary: dict, dice_key: str, hd95_key: str) -> list[str]:
+    """A row per subset, Dice (%) then HD95 (mm) per region, a bold Mean row."""
     regions = summary["regions"]
     short = [short_region_name(r) for r in regions]
     header = ["Subset"] + [f"Dice {s} (%)" for s in short] + [f"HD95 {s} (mm)" for s in short]
-    lines = [f"## {title}", ""] if title else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
 
     def row(name: str, cells: dict, bold: bool = False) -> str:
-        values = [_cell(cells[r]["dice"], 100) for r in regions] + [_cell(cells[r]["hd95"]) for r in regions]
+        values = [_cell(cells[r][dice_key], 100) for r in regions] + [_cell(cells[r][hd95_key]) for r in regions]
         if bold:
             name, values = f"**{name}**", [f"**{v}**" for v in values]
         return "| " + " | ".join([name] + values) + " |"
 
     lines += [row(s, summary["per_subset"][s]) for s in summary["subsets"]]
     lines.append(row(MEAN_ROW, summary["mean_over_subsets"], bold=True))
+    return lines
+
+
+def markdown_table(summary: dict, title: Optional[str] = None) -> str:
+    """The papers' layout (legacy Dice and HD95, ETpp where scored), then the lesion-wise table."""
+    lines = [f"## {title}", ""] if title else []
+    lines += _metric_table(summary, "dice", "hd95")
     counts = sorted({c["n_cases"] for s in summary["per_subset"].values() for c in s.values()})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     lines += ["", f"Mean over {n} cases per subset; {MEAN_ROW} = mean over the {len(summary['subsets'])} subsets. "
-                  f"Dice in %, HD95 in mm (373.13 when exactly one of prediction and reference is empty)."]
+                  f"Dice in %, HD95 in mm (373.13 when exactly one of prediction and reference is empty)."
+                  + (" ETpp: ET with a predicted ET under the RFNet threshold counted as none."
+                     if any(short_region_name(r) == "ETpp" for r in summary["regions"]) else "")]
+    first = summary["per_subset"][summary["subsets"][0]][summary["regions"][0]]
+    if "lesion_dice" in first:
+        lines += ["", "Lesion-wise (BraTS 2023+ GLI: reference lesions merged within 3 dilations, lesions of at most "
+                      "50 mm^3 ignored, a missed or false positive lesion scores Dice 0 and HD95 374 mm):", ""]
+        lines += _metric_table(summary, "lesion_dice", "lesion_hd95")
     return "\n".join(lines) + "\n"
 
 
 def write_markdown_table(summary: dict, path: str, title: Optional[str] = None) -> str:
     """Write ``markdown_table`` to ``path`` and return it (the command prints it)."""
     text = markdown_table(summary, title)
-    with _atomic_path(path) as tmp, open(tmp, "x") as f:
+    with atomic_path(path) as tmp, open(tmp, "x") as f:
         f.write(text)
     return text
 
@@ -176,7 +202,7 @@ def write_heatmap(summary: dict, path: str) -> None:
         ax.tick_params(length=0)
         ax.set_title(name)
     fig.tight_layout()
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
