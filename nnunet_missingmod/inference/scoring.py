@@ -67,7 +67,11 @@ def score_prediction(prediction: np.ndarray, reference: np.ndarray, regions: Map
     for name, labels in scored_regions(regions).items():
         predicted, expected = np.isin(prediction, labels), np.isin(reference, labels)
         if name.endswith(POSTPROCESSED_SUFFIX):
-            predicted = postprocess_enhancing_tumor(predicted, conventions.et_min_voxels)
+            kept = postprocess_enhancing_tumor(predicted, conventions.et_min_voxels)
+            if kept is predicted:  # large enough: ETpp is ET, and costs nothing more
+                scores[name] = dict(scores[name[:-len(POSTPROCESSED_SUFFIX)]])
+                continue
+            predicted = kept
         lesions = lesion_wise.lesion_wise_scores(predicted, expected, spacing, conventions.lesion_dilation,
                                                  conventions.lesion_min_volume, conventions.lesion_penalty_hd95)
         scores[name] = {"dice": dice(predicted, expected), "hd95": hd95(predicted, expected, spacing, conventions.hd95_one_empty),
