@@ -140,7 +140,8 @@ def test_predict_and_evaluate_with_nnunet_commands(joint_model, nnunet_folders, 
     summary = load_json(tmp_path / "evaluation" / "summary.json")
     assert summary["subsets"] == ["FLAIR", "T1ce+T2"]
     for subset in summary["subsets"]:
-        assert set(summary["per_subset"][subset]) == {"whole_tumor", "tumor_core", "enhancing_tumor"}
+        assert set(summary["per_subset"][subset]) == {"whole_tumor", "tumor_core", "enhancing_tumor",
+                                                     "enhancing_tumor_postprocessed"}
 
 
 def test_frozen_teacher_trains_from_a_checkpoint(frozen_model, teacher_folder):

@@ -167,7 +167,8 @@ def test_train_resume_predict_and_evaluate_with_nnunet_commands(smml_model, nnun
     summary = load_json(tmp_path / "evaluation" / "summary.json")
     assert summary["subsets"] == ["FLAIR", "T1ce+FLAIR"]
     for subset in summary["subsets"]:
-        assert set(summary["per_subset"][subset]) == {"whole_tumor", "tumor_core", "enhancing_tumor"}
+        assert set(summary["per_subset"][subset]) == {"whole_tumor", "tumor_core", "enhancing_tumor",
+                                                     "enhancing_tumor_postprocessed"}
 
 
 # --- data ----------------------------------------------------------------------------------------
