@@ -40,6 +40,7 @@ import numpy as np
 
 from nnunet_missingmod.inference.metrics import (HD95_ONE_EMPTY, dice, regions_from_dataset_json,
                                                  short_region_name)
+from nnunet_missingmod.inference.scoring import Conventions, postprocess_enhancing_tumor
 from nnunet_missingmod.modalities import canonical_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,7 +57,7 @@ COMMUNITY_ORDER = [frozenset(s) for s in (
     ("FLAIR", "T1ce", "T1"), ("FLAIR", "T1", "T2"), ("FLAIR", "T1ce", "T2"), ("T1ce", "T1", "T2"),
     BRATS_MODALITIES)]
 # RFNet's "enhancing_postpro": a predicted ET of fewer voxels than this is emptied before Dice.
-RFNET_ET_MIN_VOXELS = 500
+RFNET_ET_MIN_VOXELS = Conventions.et_min_voxels
 
 
 class ComparisonError(Exception):
@@ -297,8 +298,7 @@ def rfnet_et_postprocessing(evaluation: Evaluation, labels_folder: str, dataset_
         predicted = np.isin(_read_mask_array(reader, prediction_file), et_labels)
         if predicted.shape != references[case].shape:
             raise ComparisonError(f"{prediction_file} has shape {predicted.shape}, its label {references[case].shape}")
-        if np.count_nonzero(predicted) < min_voxels:
-            predicted[:] = False
+        predicted = postprocess_enhancing_tumor(predicted, min_voxels)
         converted.append({**record, "dice": dice(predicted, references[case])})
     return converted
 

@@ -30,7 +30,7 @@ from nnunet_missingmod.inference.cases import (CaseError, attach_labels, check_c
 from nnunet_missingmod.inference.figures import case_figure
 from nnunet_missingmod.inference.metrics import regions_from_dataset_json
 from nnunet_missingmod.inference.model import add_model_arguments, predictor_from_args
-from nnunet_missingmod.inference.records import (EvaluationFolder, EvaluationStateError, cases_of_part,
+from nnunet_missingmod.inference.records import (EvaluationFolder, EvaluationStateError, check_part,
                                                  merged_records, weights_digest)
 from nnunet_missingmod.inference.reports import write_reports
 from nnunet_missingmod.inference.scoring import Conventions, score_prediction, scored_regions
@@ -113,7 +113,7 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
     subset_indices = list(dict.fromkeys(subset_indices))
     subset_names = [modalities.subset_name(s) for s in subset_indices]
     regions = regions_from_dataset_json(dataset_json)
-    cases_of_part(["any"], num_parts, part_id)  # a bad -num_parts/-part_id fails before any reading
+    check_part(num_parts, part_id)  # before any reading
 
     all_cases = find_cases(image_folder, file_ending, modalities)
     if not all_cases:
@@ -266,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         else:
             if args.image_folder is None:
                 parser.error("-i is required (unless --merge)")
-            cases_of_part(["any"], args.num_parts, args.part_id)  # before the model loads
+            check_part(args.num_parts, args.part_id)  # before the model loads
             label_folder = args.label_folder or default_label_folder(args.image_folder)
             predictor = predictor_from_args(args)
             summary = evaluate_missing(predictor, args.image_folder, label_folder, args.output_folder, args.subsets,

@@ -39,12 +39,17 @@ class EvaluationStateError(ValueError):
     """An output folder whose content cannot be continued or merged as asked; names the file."""
 
 
-def cases_of_part(case_ids: Sequence[str], num_parts: int, part_id: int) -> list[str]:
-    """nnU-Net's sharding (``predict_from_files``): sorted cases, every ``num_parts``-th from ``part_id``."""
+def check_part(num_parts: int, part_id: int) -> None:
+    """``-num_parts``/``-part_id`` as nnU-Net takes them, or a ValueError naming the flag."""
     if num_parts < 1:
         raise ValueError(f"-num_parts must be at least 1, got {num_parts}")
     if not 0 <= part_id < num_parts:
         raise ValueError(f"-part_id {part_id} is out of range for -num_parts {num_parts} (0 to {num_parts - 1})")
+
+
+def cases_of_part(case_ids: Sequence[str], num_parts: int, part_id: int) -> list[str]:
+    """nnU-Net's sharding (``predict_from_files``): sorted cases, every ``num_parts``-th from ``part_id``."""
+    check_part(num_parts, part_id)
     return sorted(case_ids)[part_id::num_parts]
 
 
