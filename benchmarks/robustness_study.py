@@ -23,6 +23,11 @@ Every step leaves a mark in the work folder (``study.json``), so running the sam
 after an interruption goes on where it stopped: a finished training is not repeated, an
 interrupted one resumes from its latest checkpoint with ``--c``, a finished evaluation is reused,
 and trainers, seeds or dedicated models added to the command are trained on top.
+
+A full CPU study outlasts one session on one machine, so every finished step is also kept in the
+repository (``--archive``, default ``benchmarks/results/study_<size>``; study_archive.py): a
+study started on a fresh machine takes the archived steps made from the same data and training
+code, and runs only the rest. Commit the archive after a session.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from study_archive import ArchiveMismatch, StudyArchive, current_commit, dataset_fingerprint, evaluation_files, training_code_fingerprint
 
 DATASET_ID = 982
 DATASET_NAME = "RobustnessStudy"
@@ -94,9 +101,11 @@ def log(message: str) -> None:
 class Study:
     """The work folder and its record of what is done (written atomically after every step)."""
 
-    def __init__(self, work: str, size: Size, trainers: list[str], seeds: list[int], dedicated: str, device: str):
+    def __init__(self, work: str, size: Size, trainers: list[str], seeds: list[int], dedicated: str, device: str,
+                 archive_folder: str | None = None):
         self.work, self.size, self.trainers, self.seeds, self.device = work, size, trainers, seeds, device
         self.dedicated_kind = dedicated
+        self.archive_folder, self.archive = archive_folder, None
         self.state_path = os.path.join(work, "study.json")
         self.env = dict(os.environ)
         self.env["nnUNet_raw"] = os.path.join(work, "nnUNet_raw")
@@ -120,8 +129,9 @@ class Study:
             if recorded != wanted:
                 sys.exit(f"{self.work} holds a study of another size ({recorded}); use another --work folder "
                          f"or the same size")
+            state.setdefault("trainings", {})
             return state
-        return {"size": asdict(self.size), "done": {}, "training_s": {}}
+        return {"size": asdict(self.size), "done": {}, "training_s": {}, "trainings": {}}
 
     def save(self) -> None:
         tmp = self.state_path + ".partial"
@@ -135,6 +145,7 @@ class Study:
     def mark(self, step: str) -> None:
         self.state["done"][step] = time.strftime("%Y-%m-%d %H:%M:%S")
         self.save()
+        self.archive_step(step)
 
     def run(self, command: list[str], log_name: str, **env) -> None:
         path = os.path.join(self.work, "logs", log_name)
@@ -201,10 +212,20 @@ class Study:
             self.state["priors_s"] = self.state.get("priors_s", 0.0) + time.time() - start
             self.mark("smml_priors")
 
+    def has_network(self, trainer: str, seed) -> bool:
+        return os.path.isfile(os.path.join(self.model_folder(trainer, seed), "fold_0", "checkpoint_final.pth"))
+
     def train(self, trainer: str, seed) -> None:
+        """Train, unless done; a training taken from the archive is repeated only when a later step
+        needs its network (``needed``), and its weights are then compared with the archived ones."""
         step = f"train {trainer} seed {seed}"
-        if self.done(step):
+        if self.done(step) and self.has_network(trainer, seed):
             return
+        if self.done(step):
+            log(f"{trainer} (seed {seed}) was trained on another machine; training it again for its network")
+            del self.state["done"][step]
+        if trainer == "SMMLTrainer":
+            self.ensure_priors()
         fold = os.path.join(self.model_folder(trainer, seed), "fold_0")
         resume = os.path.isfile(os.path.join(fold, "checkpoint_latest.pth"))
         log(f"training {trainer} (seed {seed}) for {self.size.epochs} x {self.size.iterations} iterations"
@@ -215,55 +236,153 @@ class Study:
         self.run(["nnUNetv2_train", str(DATASET_ID), self.size.configuration, "0", "-tr", trainer,
                   "-device", self.device, *(["--c"] if resume else [])], f"train_{trainer}_seed_{seed}.log",
                  nnUNet_results=self.results_root(seed), nnUNet_missingmod_seed=str(seed_value))
-        self.state["training_s"][f"{trainer} seed {seed}"] = (
-            self.state["training_s"].get(f"{trainer} seed {seed}", 0.0) + time.time() - start)
+        key = f"{trainer} seed {seed}"
+        self.state["training_s"][key] = self.state["training_s"].get(key, 0.0) + time.time() - start
+        if resume:  # seeded from the epoch it resumed at: repeatable, but not the uninterrupted run
+            self.state.setdefault("resumed", []).append(key)
+        record, earlier = self.training_record(trainer, seed), self.state["trainings"].get(key)
+        record["resumed"] = key in self.state.get("resumed", [])
+        if earlier and earlier.get("weights_sha256"):  # trained again for its network: the report keeps
+            repeated = earlier["weights_sha256"] == record["weights_sha256"]  # the record of the reported run
+            record = {**earlier, "repeats_archived_weights": repeated}
+            log(f"{trainer} (seed {seed}) trained again: " + ("the same weights as the archived training" if repeated
+                else "**other weights** than the archived training (this machine does not repeat that one)"))
+        self.state["trainings"][key] = record
         self.mark(step)
+
+    def training_record(self, trainer: str, seed) -> dict:
+        """What the report needs of a finished training, kept when its network is not: its length
+        (median logged epoch time x epochs: a pause or a busy neighbour for a few epochs does not
+        inflate it), its last sampled loss-term shares and its weights' digest."""
+        import torch
+
+        from nnunet_missingmod.inference.records import weights_digest
+        fold = os.path.join(self.model_folder(trainer, seed), "fold_0")
+        times = []
+        for path in glob.glob(os.path.join(fold, "training_log_*.txt")):
+            with open(path) as f:
+                times += [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", f.read())]
+        minutes = (float(np.median(times)) * self.size.epochs / 60 if times
+                   else self.state["training_s"].get(f"{trainer} seed {seed}", float("nan")) / 60)
+        checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+        return {"minutes": minutes, "loss_terms": loss_term_summary(checkpoint),
+                "weights_sha256": weights_digest([checkpoint["network_weights"]])}
 
     def evaluate(self, trainer: str, seed, subsets=None, ensemble_with=None, figures: bool = False) -> None:
         label = trainer if ensemble_with is None else ENSEMBLE
         step = f"evaluate {label} seed {seed}"
         if self.done(step):
             return
+        model_seed = self.seeds[0] if seed == "ensemble" else seed
+        self.train(trainer, model_seed)  # its network, if the training was taken from the archive
+        if ensemble_with is not None:
+            self.train(trainer, ensemble_with)
         log(f"evaluating {label} (seed {seed}) over " + ("all modality subsets" if subsets is None else subsets[0]))
         extra = ["--subsets", *subsets] if subsets else []
         if ensemble_with is not None:
             extra += ["--ensemble_with", self.model_folder(trainer, ensemble_with)]
         if figures:
             extra += ["--figures", "1", "--save_predictions"]
-        model_seed = self.seeds[0] if seed == "ensemble" else seed
         self.run(["nnUNetv2_evaluate_missing", "-m", self.model_folder(trainer, model_seed), "-f", "0",
                   "-i", os.path.join(self.dataset_folder, "imagesTs"), "-o", self.evaluation_folder(label, seed),
                   "-device", self.device, "--overwrite", *extra, *([] if self.size.mirroring else ["--disable_tta"])],
                  f"evaluate_{label.replace(' ', '_')}_seed_{seed}.log")
         self.mark(step)
 
+    # --- the archive -------------------------------------------------------------------------
+
+    def open_archive(self) -> None:
+        """Take the archived steps this study can use, then archive the finished steps it lacks."""
+        if self.archive_folder is None:
+            return
+        log(f"archive {self.archive_folder}: fingerprints of the data and the training code")
+        size = {k: v for k, v in json.loads(json.dumps(asdict(self.size))).items()
+                if k not in ("seeds", "dedicated", "trainers")}
+        try:
+            self.archive = StudyArchive(self.archive_folder, size, dataset_fingerprint(self.dataset_folder),
+                                        training_code_fingerprint(os.path.join(REPO, "nnunet_missingmod")),
+                                        current_commit(REPO), log=log)
+        except ArchiveMismatch as error:
+            sys.exit(str(error))
+        taken = []
+        for step, record in self.archive.usable().items():
+            if self.done(step) or not self.archive.take(step, record, self.work):
+                continue
+            if "training" in record:
+                self.state["trainings"][step.removeprefix("train ")] = record["training"]
+            if "priors_s" in record:
+                self.state["priors_s"] = record["priors_s"]
+            self.state["done"][step] = record["finished"]
+            taken.append(step)
+        self.save()
+        if taken:
+            log(f"archive: took {len(taken)} finished step(s) made on an earlier machine")
+        archived = self.archive.usable()
+        for step in self.state["done"]:
+            if step not in archived:
+                self.archive_step(step)
+
+    def archive_step(self, step: str) -> None:
+        if self.archive is None or step in ("dataset", "preprocessing"):
+            return
+        details = {}
+        if step == "smml_priors":
+            folder = glob.glob(os.path.join(self.env["nnUNet_preprocessed"], f"Dataset{DATASET_ID}_{DATASET_NAME}",
+                                            "*_smml_priors"))
+            files = [os.path.relpath(p, self.work) for f in folder for p in sorted(glob.glob(os.path.join(f, "*")))
+                     if not p.endswith(".partial")]
+            details["priors_s"] = self.state.get("priors_s", float("nan"))
+        elif step.startswith("train "):
+            key = step.removeprefix("train ")
+            if key not in self.state["trainings"]:  # finished by an earlier version of this script
+                trainer, seed = key.rsplit(" seed ", 1)
+                if not self.has_network(trainer, seed if not seed.isdigit() else int(seed)):
+                    return
+                self.state["trainings"][key] = self.training_record(trainer, seed if not seed.isdigit() else int(seed))
+                self.save()
+            files, details["training"] = [], self.state["trainings"][key]
+        elif step.startswith("evaluate "):
+            label, seed = step.removeprefix("evaluate ").rsplit(" seed ", 1)
+            seed = int(seed) if seed.isdigit() else seed
+            folder = self.evaluation_folder(label, seed)
+            files = [os.path.relpath(os.path.join(folder, f), self.work)
+                     for f in evaluation_files(folder, with_pictures=seed == self.seeds[0])]
+        else:
+            return
+        self.archive.add(step, self.work, files, **details)
+
     def run_all(self) -> None:
         self.prepare_data()
+        self.open_archive()
         for seed in self.seeds:
             for trainer in self.trainers:
-                if trainer == "SMMLTrainer":
-                    self.ensure_priors()
-                self.train(trainer, seed)
+                if not self.done(f"evaluate {trainer} seed {seed}"):
+                    self.train(trainer, seed)
                 self.evaluate(trainer, seed, figures=seed == self.seeds[0])
         if REFERENCE in self.trainers and len(self.seeds) >= 2:
             self.evaluate(REFERENCE, "ensemble", ensemble_with=self.seeds[1])
         for subset in self.dedicated_subsets:
             trainer = dedicated_trainer(subset)
-            self.train(trainer, "dedicated")
+            if not self.done(f"evaluate {trainer} seed dedicated"):
+                self.train(trainer, "dedicated")
             self.evaluate(trainer, "dedicated", subsets=[subset])
 
 
 def training_minutes(study: Study, trainer: str, seed) -> float:
-    """The median of nnU-Net's logged epoch times x the epochs: a training's length that a pause, a
-    resume or a busy neighbour for a few epochs does not inflate (the wall time, kept in study.json,
-    would). Falls back to the wall time when there is no log."""
-    times = []
-    for log in glob.glob(os.path.join(study.model_folder(trainer, seed), "fold_0", "training_log_*.txt")):
-        with open(log) as f:
-            times += [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", f.read())]
-    if times:
-        return float(np.median(times)) * study.size.epochs / 60
-    return study.state["training_s"].get(f"{trainer} seed {seed}", np.nan) / 60
+    """A training's length as recorded when it finished (Study.training_record)."""
+    return study.state["trainings"].get(f"{trainer} seed {seed}", {}).get("minutes", np.nan)
+
+
+def loss_term_summary(checkpoint: dict) -> dict | None:
+    """A checkpoint's last sampled gradient shares and the fraction of steps the clip engaged."""
+    history = checkpoint.get("loss_terms", {}).get("history")
+    sampled = [r for r in history or [] if "gradient_shares" in r]
+    if not sampled:
+        return None
+    last = sampled[-1]
+    group = "network" if "network" in last["clipped_fraction"] else next(iter(last["clipped_fraction"]))
+    return {"epoch": last["epoch"], "gradient_shares": last["gradient_shares"], "clip_group": group,
+            "clipped": float(np.mean([r["clipped_fraction"][group] for r in history]))}
 
 
 def dedicated_trainer(subset: str) -> str:
@@ -381,23 +500,15 @@ def costs() -> dict:
 # --- the report ----------------------------------------------------------------------------------
 
 def loss_term_rows(study: Study, trainers: list[str]) -> list[str]:
-    """Markdown rows: each trainer's last sampled gradient shares and its clip rate, from its checkpoint."""
-    import torch
+    """Markdown rows: each trainer's last sampled gradient shares and its clip rate (first seed)."""
     rows = []
     for trainer in trainers:
-        path = os.path.join(study.model_folder(trainer, study.seeds[0]), "fold_0", "checkpoint_final.pth")
-        if not os.path.isfile(path):
+        summary = study.state["trainings"].get(f"{trainer} seed {study.seeds[0]}", {}).get("loss_terms")
+        if not summary:
             continue
-        history = torch.load(path, map_location="cpu", weights_only=False).get("loss_terms", {}).get("history")
-        sampled = [r for r in history or [] if "gradient_shares" in r]
-        if not sampled:
-            continue
-        last = sampled[-1]
-        shares = ", ".join(f"{name} {share:+.0%}" for name, share in last["gradient_shares"].items() if share)
-        clip_group = "network" if "network" in last["clipped_fraction"] else next(iter(last["clipped_fraction"]))
-        clipped = np.mean([r["clipped_fraction"][clip_group] for r in history])
-        group = "" if clip_group == "network" else f" ({clip_group})"
-        rows.append(f"| {trainer} | {last['epoch']} | {shares} | {clipped:.0%}{group} |")
+        shares = ", ".join(f"{name} {share:+.0%}" for name, share in summary["gradient_shares"].items() if share)
+        group = "" if summary["clip_group"] == "network" else f" ({summary['clip_group']})"
+        rows.append(f"| {trainer} | {summary['epoch']} | {shares} | {summary['clipped']:.0%}{group} |")
     return rows
 
 
@@ -405,7 +516,8 @@ def per_subset_table(tables: list[dict], hd95_tables: list[dict], subsets: list[
     """The evaluation's Markdown table, from the seeds' mean per case."""
     from nnunet_missingmod.inference.reports import markdown_table, summarize
     dice, hd95 = mean_over_seeds(tables), mean_over_seeds(hd95_tables)
-    records = [{"case": c, "subset": s, "region": r, "dice": v, "hd95": hd95[(c, s, r)]} for (c, s, r), v in dice.items()]
+    records = [{"case": c, "subset": s, "region": r, "dice": v, "hd95": hd95[(c, s, r)]} for (c, s, r), v in dice.items()
+               if r in regions]
     return markdown_table(summarize(records, subsets, regions)).strip()
 
 
@@ -666,6 +778,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, help="iterations per epoch (overrides the preset)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report", default=os.path.join(REPO, "docs", "results.md"))
+    parser.add_argument("--archive", help="folder of finished steps kept between machines (default "
+                        "benchmarks/results/study_<size>; 'none': no archive)")
     args = parser.parse_args()
 
     size = SIZES[args.size]
@@ -675,8 +789,10 @@ def main() -> None:
     trainers = list(args.trainers or size.trainers)
     if REFERENCE not in trainers:
         parser.error(f"--trainers must include {REFERENCE}, the reference of every comparison")
+    archive = args.archive or os.path.join(REPO, "benchmarks", "results", f"study_{args.size}{'_custom' if custom else ''}")
     study = Study(os.path.abspath(args.work), size, trainers, list(args.seeds or size.seeds),
-                  args.dedicated or size.dedicated, args.device)
+                  args.dedicated or size.dedicated, args.device,
+                  archive_folder=None if archive == "none" else os.path.abspath(archive))
     start = time.time()
     study.run_all()
     command = "python benchmarks/robustness_study.py " + " ".join(sys.argv[1:])

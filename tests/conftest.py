@@ -127,6 +127,8 @@ def predictor(trained_model):
 
 def load_script(name: str):
     """A script of benchmarks/ as a module (they are scripts, not part of the package)."""
+    if os.path.join(REPO, "benchmarks") not in sys.path:
+        sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # the scripts import their siblings
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there

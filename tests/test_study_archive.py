@@ -1,0 +1,122 @@
+"""The robustness study's archive (benchmarks/study_archive.py): finished steps carried to a fresh
+machine, taken only when made from the same data and training code; and the study script itself
+resumed from an archive in a new work folder, as a next session would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import REPO, clean_env, load_script, run
+
+archive = load_script("study_archive")
+
+
+def test_training_code_fingerprint_ignores_comments_and_docstrings_but_not_code(tmp_path):
+    package = tmp_path / "nnunet_missingmod"
+    shutil.copytree(os.path.join(REPO, "nnunet_missingmod"), package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = archive.training_code_fingerprint(str(package))
+    path = package / "training" / "modality_dropout.py"
+    source = path.read_text()
+    path.write_text('"""Another docstring."""\n# a comment\n' + source.split('"""', 2)[2].lstrip("\n"))
+    assert archive.training_code_fingerprint(str(package)) == before
+    (package / "inference" / "reports.py").write_text("x = 1\n")  # evaluation code does not train
+    assert archive.training_code_fingerprint(str(package)) == before
+    path.write_text(source + "\nEXTRA = 1\n")
+    assert archive.training_code_fingerprint(str(package)) != before
+
+
+def test_dataset_fingerprint_is_the_data_not_the_files(tmp_path):
+    from nnunet_missingmod.synthetic import write_nnunet_dataset
+    first = write_nnunet_dataset(981, 2, 1, shape=(16, 20, 16), seed=0, raw_folder=str(tmp_path / "a"))
+    second = write_nnunet_dataset(981, 2, 1, shape=(16, 20, 16), seed=0, raw_folder=str(tmp_path / "b"))
+    assert archive.dataset_fingerprint(first) == archive.dataset_fingerprint(second)
+    label = os.path.join(second, "labelsTs", sorted(os.listdir(os.path.join(second, "labelsTs")))[0])
+    image = sitk.ReadImage(label)
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, 0] = 1 - min(array[0, 0, 0], 1)  # one voxel
+    changed = sitk.GetImageFromArray(array)
+    changed.CopyInformation(image)
+    sitk.WriteImage(changed, label)
+    assert archive.dataset_fingerprint(first) != archive.dataset_fingerprint(second)
+
+
+def make_archive(folder, code="code-1", dataset="data-1", size=None):
+    return archive.StudyArchive(str(folder), size or {"epochs": 2}, dataset, code, "abc", log=lambda m: None)
+
+
+def test_a_step_travels_with_its_files_and_only_with_the_same_training_code(tmp_path):
+    work = tmp_path / "work"
+    (work / "evaluation" / "seed_1" / "T").mkdir(parents=True)
+    (work / "evaluation" / "seed_1" / "T" / "per_case.csv").write_text("case,subset\n")
+    first = make_archive(tmp_path / "archive")
+    first.add("evaluate T seed 1", str(work), ["evaluation/seed_1/T/per_case.csv"])
+    first.add("train T seed 1", str(work), [], training={"minutes": 1.5})
+
+    fresh = tmp_path / "fresh"
+    same = make_archive(tmp_path / "archive")
+    usable = same.usable()
+    assert set(usable) == {"evaluate T seed 1", "train T seed 1"}
+    assert usable["train T seed 1"]["training"] == {"minutes": 1.5} and usable["train T seed 1"]["commit"] == "abc"
+    assert same.take("evaluate T seed 1", usable["evaluate T seed 1"], str(fresh))
+    assert (fresh / "evaluation" / "seed_1" / "T" / "per_case.csv").read_text() == "case,subset\n"
+
+    messages = []
+    other_code = archive.StudyArchive(str(tmp_path / "archive"), {"epochs": 2}, "data-1", "code-2", None,
+                                      log=messages.append)
+    assert other_code.usable() == {}
+    assert "2 step(s) made with other training code" in messages[0] and "train T seed 1" in messages[0]
+
+    os.remove(tmp_path / "archive" / "evaluation" / "seed_1" / "T" / "per_case.csv")
+    assert not same.take("evaluate T seed 1", usable["evaluate T seed 1"], str(tmp_path / "elsewhere"))
+
+
+def test_an_archive_of_other_data_or_another_size_is_refused_by_name(tmp_path):
+    make_archive(tmp_path / "archive").add("train T seed 1", str(tmp_path), [], training={})
+    with pytest.raises(archive.ArchiveMismatch, match="made from other data"):
+        make_archive(tmp_path / "archive", dataset="data-2")
+    with pytest.raises(archive.ArchiveMismatch, match="another size"):
+        make_archive(tmp_path / "archive", size={"epochs": 3})
+
+
+@pytest.mark.e2e
+def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
+    """The study script twice, in two work folders sharing only the archive, the first as a machine
+    that stopped after a training and before its evaluation: the second takes the training, trains
+    it again only because the evaluation needs its network, gets the same weights, evaluates, and
+    writes the same report."""
+    arguments = ["--size", "tiny", "--trainers", "ModalityDropoutTrainer", "--seeds", "1", "--epochs", "2",
+                 "--iterations", "4", "--archive", str(tmp_path / "archive")]
+    env = clean_env({}, nnUNet_n_proc_DA="1")
+    script = os.path.join(REPO, "benchmarks", "robustness_study.py")
+    run([sys.executable, script, "--work", tmp_path / "first", "--report", tmp_path / "first.md", *arguments], env)
+    with open(tmp_path / "archive" / "archive.json") as f:
+        content = json.load(f)
+    steps = ["train ModalityDropoutTrainer seed 1", "evaluate ModalityDropoutTrainer seed 1"]
+    assert sorted(content["steps"]) == sorted(steps)
+    assert content["steps"][steps[0]]["training"]["minutes"] > 0
+    del content["steps"][steps[1]]
+    with open(tmp_path / "archive" / "archive.json", "w") as f:
+        json.dump(content, f)
+
+    second = run([sys.executable, script, "--work", tmp_path / "second", "--report", tmp_path / "second.md",
+                  *arguments], env).stdout
+    assert "took 1 finished step(s)" in second
+    assert "trained again: the same weights as the archived training" in second, second
+    evaluation = os.path.join("evaluation", "seed_1", "ModalityDropoutTrainer")
+    assert ((tmp_path / "first" / evaluation / "per_case.csv").read_text()
+            == (tmp_path / "second" / evaluation / "per_case.csv").read_text())
+    tables = [(tmp_path / name).read_text().split("\n## ", 1)[1] for name in ("first.md", "second.md")]
+    assert tables[0] == tables[1]
+    with open(tmp_path / "archive" / "archive.json") as f:
+        content = json.load(f)
+    assert sorted(content["steps"]) == sorted(steps)
+    assert content["steps"][steps[0]]["training"]["repeats_archived_weights"] is True
+    predictions = sorted((tmp_path / "archive" / evaluation / "predictions").glob("*/*.nii.gz"))
+    assert len(predictions) == 15 and np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions[-1]))))
