@@ -553,6 +553,28 @@ def study_subset_order(study: Study) -> list[str]:
     return [modalities.subset_name(s) for s in modalities.subsets()]
 
 
+def provenance(study: Study) -> str:
+    """Where the steps were run: their dates and commits, and whether a network trained again on a
+    later machine repeated the archived one (docs/study.md)."""
+    steps = study.archive.steps()
+    dates = sorted(r["finished"][:10] for r in steps.values())
+    commits = sorted({str(r.get("commit"))[:10] for r in steps.values()})
+    repeats = [r["training"]["repeats_archived_weights"] for r in steps.values()
+               if "repeats_archived_weights" in r.get("training", {})]
+    resumed = [step for step, r in steps.items() if r.get("training", {}).get("resumed")]
+    text = (f"The {len(steps)} steps (trainings, evaluations, priors) were run between {dates[0]} and {dates[-1]}, "
+            f"possibly on several machines, and carried between them by the study's archive "
+            f"(`{os.path.relpath(study.archive.folder, REPO)}`, docs/study.md), at commit{'s' if len(commits) > 1 else ''} "
+            f"{', '.join(commits)}, all with the same data and training code (fingerprints "
+            f"{study.archive.dataset[:12]}, {study.archive.training_code[:12]}).")
+    if repeats:
+        text += (f" Networks trained again on a later machine from their seed: {sum(repeats)} of {len(repeats)} "
+                 "repeated the archived weights bit for bit.")
+    if resumed:
+        text += f" Resumed after an interruption (repeatable, not identical to an uninterrupted run): {', '.join(resumed)}."
+    return text
+
+
 def write_report(study: Study, report: str, command: str) -> None:
     from nnunet_missingmod.inference.metrics import short_region_name
     from nnunet_missingmod.inference.scoring import POSTPROCESSED_SUFFIX
@@ -597,6 +619,8 @@ def write_report(study: Study, report: str, command: str) -> None:
              "`nnUNet_missingmod_seed`, docs/training.md); evaluation with `nnUNetv2_evaluate_missing` (test-time "
              f"mirroring {'on' if size.mirroring else 'off'}) over the {len(subsets)} subsets. Dice in %, HD95 in mm "
              "(373.13 when exactly one of prediction and reference is empty; docs/metrics.md)."]
+    if study.archive is not None:
+        lines += ["", provenance(study)]
     if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(report)), DISCUSSION)):
         lines += ["", f"What the numbers mean and what was measured to explain them: [{DISCUSSION}]({DISCUSSION}) "
                   "(written by hand; this page is generated)."]
