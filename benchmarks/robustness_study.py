@@ -46,7 +46,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from study_archive import ArchiveMismatch, StudyArchive, current_commit, dataset_fingerprint, evaluation_files, training_code_fingerprint
+from study_archive import (ArchiveMismatch, StudyArchive, current_commit, dataset_fingerprint, evaluation_files,
+                           training_code_fingerprint)
 
 DATASET_ID = 982
 DATASET_NAME = "RobustnessStudy"
@@ -216,8 +217,8 @@ class Study:
         return os.path.isfile(os.path.join(self.model_folder(trainer, seed), "fold_0", "checkpoint_final.pth"))
 
     def train(self, trainer: str, seed) -> None:
-        """Train, unless done; a training taken from the archive is repeated only when a later step
-        needs its network (``needed``), and its weights are then compared with the archived ones."""
+        """Train, unless its network is here. A training taken from the archive has no network: it
+        is trained again only when a step needs it, and its weights are compared with the archived."""
         step = f"train {trainer} seed {seed}"
         if self.done(step) and self.has_network(trainer, seed):
             return
@@ -238,10 +239,8 @@ class Study:
                  nnUNet_results=self.results_root(seed), nnUNet_missingmod_seed=str(seed_value))
         key = f"{trainer} seed {seed}"
         self.state["training_s"][key] = self.state["training_s"].get(key, 0.0) + time.time() - start
-        if resume:  # seeded from the epoch it resumed at: repeatable, but not the uninterrupted run
-            self.state.setdefault("resumed", []).append(key)
         record, earlier = self.training_record(trainer, seed), self.state["trainings"].get(key)
-        record["resumed"] = key in self.state.get("resumed", [])
+        record["resumed"] = resume  # seeded from the epoch it resumed at: repeatable, not the uninterrupted run
         if earlier and earlier.get("weights_sha256"):  # trained again for its network: the report keeps
             repeated = earlier["weights_sha256"] == record["weights_sha256"]  # the record of the reported run
             record = {**earlier, "repeats_archived_weights": repeated}
@@ -516,8 +515,8 @@ def per_subset_table(tables: list[dict], hd95_tables: list[dict], subsets: list[
     """The evaluation's Markdown table, from the seeds' mean per case."""
     from nnunet_missingmod.inference.reports import markdown_table, summarize
     dice, hd95 = mean_over_seeds(tables), mean_over_seeds(hd95_tables)
-    records = [{"case": c, "subset": s, "region": r, "dice": v, "hd95": hd95[(c, s, r)]} for (c, s, r), v in dice.items()
-               if r in regions]
+    records = [{"case": c, "subset": s, "region": r, "dice": v, "hd95": hd95[(c, s, r)]}
+               for (c, s, r), v in dice.items() if r in regions]
     return markdown_table(summarize(records, subsets, regions)).strip()
 
 
@@ -813,7 +812,8 @@ def main() -> None:
     trainers = list(args.trainers or size.trainers)
     if REFERENCE not in trainers:
         parser.error(f"--trainers must include {REFERENCE}, the reference of every comparison")
-    archive = args.archive or os.path.join(REPO, "benchmarks", "results", f"study_{args.size}{'_custom' if custom else ''}")
+    archive = args.archive or os.path.join(REPO, "benchmarks", "results",
+                                           f"study_{args.size}{'_custom' if custom else ''}")
     study = Study(os.path.abspath(args.work), size, trainers, list(args.seeds or size.seeds),
                   args.dedicated or size.dedicated, args.device,
                   archive_folder=None if archive == "none" else os.path.abspath(archive))
