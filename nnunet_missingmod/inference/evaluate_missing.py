@@ -61,24 +61,48 @@ class _InProcess:
         pass
 
 
-def export_and_score(logits: torch.Tensor, plans_manager, configuration_manager, label_manager, properties: dict,
-                     reference: np.ndarray, spacing, regions: dict, conventions: Conventions,
-                     save_to: Optional[str], keep: bool):
-    """Logits -> segmentation in the original geometry -> scores (and the file, with ``save_to``).
+class ExportAndScore:
+    """The CPU half of an evaluation step: logits -> segmentation in the original geometry ->
+    scores (and the file, with ``save_to``). It runs in a worker while the device predicts the
+    next subset, and is sent to each worker once: nnU-Net's plans and configuration managers cache
+    their lookups (reader, resampling functions: a walk over nnU-Net's modules) per object, so a
+    manager unpickled with every job would repeat the walk every time."""
 
-    The CPU half of an evaluation step; it runs in a worker while the device predicts the next
-    subset. Returns ``(scores, segmentation if keep else None)``."""
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-    segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits, plans_manager, configuration_manager, label_manager, properties, return_probabilities=False)
-    if save_to is not None:
-        folder, name = os.path.split(save_to)
-        os.makedirs(folder, exist_ok=True)
-        partial = os.path.join(folder, ".partial_" + name)
-        plans_manager.image_reader_writer_class().write_seg(segmentation, partial, properties)
-        os.replace(partial, save_to)
-    scores = score_prediction(segmentation, reference, regions, spacing, conventions)
-    return scores, (segmentation if keep else None)
+    def __init__(self, plans_manager, configuration_manager, label_manager, regions: dict, conventions: Conventions):
+        self.plans_manager, self.configuration_manager, self.label_manager = (
+            plans_manager, configuration_manager, label_manager)
+        self.regions, self.conventions = regions, conventions
+
+    def __call__(self, logits: torch.Tensor, properties: dict, reference: np.ndarray, spacing,
+                 save_to: Optional[str], keep: bool):
+        """``(scores, segmentation if keep else None)``."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
+            return_probabilities=False)
+        if save_to is not None:
+            folder, name = os.path.split(save_to)
+            os.makedirs(folder, exist_ok=True)
+            partial = os.path.join(folder, ".partial_" + name)
+            self.plans_manager.image_reader_writer_class().write_seg(segmentation, partial, properties)
+            os.replace(partial, save_to)
+        scores = score_prediction(segmentation, reference, self.regions, spacing, self.conventions)
+        return scores, (segmentation if keep else None)
+
+
+_worker_job: Optional[ExportAndScore] = None
+
+
+def _start_worker(job: ExportAndScore) -> None:
+    """A worker's one-time set-up: its job, and one torch thread (it runs beside the predicting
+    process; with torch's default of a thread per core, their threads would contend for the cores)."""
+    global _worker_job
+    torch.set_num_threads(1)
+    _worker_job = job
+
+
+def _run_in_worker(*args):
+    return _worker_job(*args)
 
 
 def evaluation_identity(predictor, subsets: Sequence[str], regions: dict, conventions: Conventions,
@@ -144,8 +168,13 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
         return torch.from_numpy(data), properties
 
     figure_cases = set(sorted(all_cases)[:figures])
-    executor = (concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
-                if num_workers > 0 else _InProcess())
+    job = ExportAndScore(plans_manager, configuration_manager, predictor.label_manager, regions, conventions)
+    if num_workers > 0:
+        executor = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                                                          initializer=_start_worker, initargs=(job,))
+        job_function = _run_in_worker
+    else:
+        executor, job_function = _InProcess(), job
     in_flight: collections.deque = collections.deque()  # (case, raw or None, reference or None, {subset: future})
     progress = tqdm(total=len(folder.cases) * len(subset_indices), initial=(len(folder.cases) - len(todo)) *
                     len(subset_indices), desc="evaluating", unit="prediction", disable=not show_progress)
@@ -189,9 +218,8 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
                 logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
                 save_to = (os.path.join(output_folder, "predictions", subset_name, case_id + file_ending)
                            if save_predictions else None)
-                futures[subset_name] = executor.submit(
-                    export_and_score, logits, plans_manager, configuration_manager, predictor.label_manager,
-                    properties, reference, label_properties["spacing"], regions, conventions, save_to, pictured)
+                futures[subset_name] = executor.submit(job_function, logits, properties, reference,
+                                                       label_properties["spacing"], save_to, pictured)
                 del logits
                 progress.update()
                 # Bounded memory: at most two jobs per worker wait for the CPU side.
