@@ -43,6 +43,8 @@ def test_reports_cover_every_case_subset_and_region(evaluation, raw_dataset):
     assert positions == sorted(positions) and "Mean" in table
     assert table.strip() in result.stdout  # the command prints the table
     assert "Dice ETpp (%)" in table and "Lesion-wise (BraTS 2023+ GLI" in table
+    # the synthetic voxels are far from BraTS' 1 mm^3: the user is told what RFNet's 500 voxels mean here
+    assert "note: ETpp counts a predicted ET of fewer than 500 voxels" in result.stderr
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

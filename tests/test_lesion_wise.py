@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nnunet_missingmod.inference.lesion_wise import HD95_PENALTY, lesion_wise_scores
-from nnunet_missingmod.inference.scoring import Conventions, score_prediction, scored_regions
+from nnunet_missingmod.inference.scoring import Conventions, etpp_threshold_note, score_prediction, scored_regions
 
 SHAPE = (40, 40, 40)
 BRATS_REGIONS = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)}
@@ -99,3 +99,11 @@ def test_etpp_is_scored_only_where_the_dataset_has_an_enhancing_tumour_region():
     assert list(scored_regions(BRATS_REGIONS)) == ["whole_tumor", "tumor_core", "enhancing_tumor",
                                                    "enhancing_tumor_postprocessed"]
     assert list(scored_regions({"edema": (1,), "necrosis": (2,)})) == ["edema", "necrosis"]
+
+
+def test_etpp_warns_where_its_voxel_threshold_is_another_volume_than_on_the_1mm_grid():
+    assert etpp_threshold_note((1.0, 1.0, 1.0), 500) is None
+    assert etpp_threshold_note((1.2, 1.0, 1.0), 500) is None  # BraTS-like grids: no note
+    note = etpp_threshold_note((4.0, 4.0, 4.0), 500)  # the synthetic data: 64 mm^3 a voxel
+    assert "32000 mm^3" in note and "--et_min_voxels 8" in note
+    assert "--et_min_voxels 4000" in etpp_threshold_note((0.5, 0.5, 0.5), 500)

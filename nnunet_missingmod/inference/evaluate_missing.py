@@ -33,7 +33,8 @@ from nnunet_missingmod.inference.model import add_model_arguments, predictor_fro
 from nnunet_missingmod.inference.records import (EvaluationFolder, EvaluationStateError, check_part,
                                                  merged_records, weights_digest)
 from nnunet_missingmod.inference.reports import write_reports
-from nnunet_missingmod.inference.scoring import Conventions, score_prediction, scored_regions
+from nnunet_missingmod.inference.scoring import (Conventions, enhancing_region, etpp_threshold_note, score_prediction,
+                                                 scored_regions)
 from nnunet_missingmod.modalities import Modalities
 
 # Normalisation schemes that map an all-zero channel to an all-zero channel.
@@ -284,8 +285,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("-np", dest="num_workers", type=int, default=3,
                         help="processes that export, save and score while the device predicts (default 3, as "
                              "nnUNetv2_predict's -nps; 0: all in this process)")
-    parser.add_argument("--et_min_voxels", type=int, default=Conventions.et_min_voxels,
-                        help="ETpp: a predicted ET of fewer voxels counts as none (RFNet's %(default)s)")
+    parser.add_argument("--et_min_voxels", type=int, default=None,
+                        help=f"ETpp: a predicted ET of fewer voxels counts as none (default: RFNet's "
+                             f"{Conventions.et_min_voxels}, set on BraTS' 1 mm grid)")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -297,11 +299,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             check_part(args.num_parts, args.part_id)  # before the model loads
             label_folder = args.label_folder or default_label_folder(args.image_folder)
             predictor = predictor_from_args(args)
+            et_min_voxels = args.et_min_voxels
+            if et_min_voxels is None:
+                et_min_voxels = Conventions.et_min_voxels
+                if enhancing_region(regions_from_dataset_json(predictor.dataset_json)) is not None:
+                    note = etpp_threshold_note(predictor.plans_manager.original_median_spacing_after_transp,
+                                               et_min_voxels)
+                    if note:
+                        print(f"nnUNetv2_evaluate_missing: note: {note}", file=sys.stderr)
             summary = evaluate_missing(predictor, args.image_folder, label_folder, args.output_folder, args.subsets,
                                        args.save_predictions, args.overwrite, figures=args.figures,
                                        continue_evaluation=args.continue_evaluation, num_parts=args.num_parts,
                                        part_id=args.part_id, num_workers=args.num_workers,
-                                       conventions=Conventions(et_min_voxels=args.et_min_voxels))
+                                       conventions=Conventions(et_min_voxels=et_min_voxels))
             if summary is None:
                 print(f"part {args.part_id} of {args.num_parts} done; when every part is, merge them: "
                       f"nnUNetv2_evaluate_missing --merge -o {args.output_folder}")

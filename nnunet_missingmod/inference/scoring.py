@@ -49,6 +49,22 @@ def scored_regions(regions: Mapping[str, Sequence[int]]) -> dict[str, tuple[int,
     return scored
 
 
+def etpp_threshold_note(spacing: Sequence[float], min_voxels: int) -> str | None:
+    """A warning where RFNet's voxel threshold means another volume than it does on BraTS' 1 mm grid.
+
+    The rule counts voxels in the original geometry; on 4 mm voxels, 500 of them are 32 cm^3, larger
+    than most enhancing tumours, and ETpp turns to 0 for every case. Returns None within a factor of
+    2 of 1 mm^3 per voxel, else the note with the threshold that keeps RFNet's volume."""
+    voxel = float(np.prod(spacing))
+    if 0.5 <= voxel <= 2.0:
+        return None
+    same_volume = max(1, round(min_voxels / voxel))
+    return (f"ETpp counts a predicted ET of fewer than {min_voxels} voxels as none (RFNet's rule, set on BraTS' "
+            f"1 mm grid, i.e. {min_voxels} mm^3); this dataset's voxels are {voxel:.3g} mm^3 (median spacing "
+            f"{' x '.join(f'{s:.3g}' for s in spacing)} mm), so the rule removes any ET under {min_voxels * voxel:.0f} "
+            f"mm^3. --et_min_voxels {same_volume} keeps RFNet's volume; the ET column is unaffected.")
+
+
 def postprocess_enhancing_tumor(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """RFNet's ET post-processing: fewer than ``min_voxels`` predicted voxels -> no ET at all."""
     return mask if np.count_nonzero(mask) >= min_voxels else np.zeros_like(mask)
