@@ -54,6 +54,7 @@ DATASET_NAME = "RobustnessStudy"
 REFERENCE = "ModalityDropoutTrainer"
 NO_MASKING = "FullModalityTrainer"
 ENSEMBLE = f"{REFERENCE} x2"  # the reference's first two seeds averaged at inference
+BEST_2D = "best-2d"  # in a preset's trainers: the 2d CPU study's best method (best_method_in_archive)
 METHODS = ["MAGMSTrainer", "MSTKDTrainer", "SMMLTrainer"]
 TRAINERS = [NO_MASKING, REFERENCE, *METHODS, "SMMLTrainerNoConsistency"]
 TWO_NETWORKS = {"SMMLTrainer", "SMMLTrainerNoPriors", "SMMLTrainerNoConsistency", "SMMLTrainerNoPixelConsistency",
@@ -86,9 +87,9 @@ SIZES = {
     # Measured per seed (docs/results.md): FullModality 9.5, MD 4.3, MSTKD 27, MAG-MS about 25 min.
     "cpu": Size(12, 8, (40, 48, 40), "2d", 16, 50, False, seeds=(1, 2, 3), dedicated="all"),
     # 3d_fullres on the CPU at a size one developer session holds: a smaller volume, two seeds,
-    # the baseline, nnU-Net fed zeroed channels and the 2d study's best method.
+    # the baseline, nnU-Net fed zeroed channels and the 2d study's best method (read from its archive).
     "cpu3d": Size(8, 4, (32, 40, 32), "3d_fullres", 10, 40, False, seeds=(1, 2), dedicated="none",
-                  trainers=(NO_MASKING, REFERENCE, "MSTKDTrainer")),
+                  trainers=(NO_MASKING, REFERENCE, BEST_2D)),
     # On a GPU: 3d_fullres at a realistic size, nnU-Net's iterations per epoch, every trainer.
     "gpu3d": Size(60, 20, (96, 112, 96), "3d_fullres", 100, 250, True, seeds=(1, 2, 3), dedicated="all"),
 }
@@ -499,6 +500,33 @@ def costs() -> dict:
     return {name: r["iteration_time"] for name, r in results.get("ratios", {}).items()}
 
 
+def best_method_in_archive(archive_folder: str, methods=tuple(METHODS)) -> tuple[str, dict[str, float]]:
+    """The method with the highest mean of TC and ET Dice (the bar's regions), mean over the seeds that
+    every method has in a study's archive, and each method's score. The 3D preset trains this one,
+    so that it tests the 2d study's ranking rather than a guess of it."""
+    from nnunet_missingmod.inference.metrics import short_region_name
+
+    def evaluated_seeds(method):
+        pattern = os.path.join(archive_folder, "evaluation", "seed_*", method, "per_case.csv")
+        return {os.path.basename(os.path.dirname(os.path.dirname(path))) for path in glob.glob(pattern)}
+
+    seeds = set.intersection(*(evaluated_seeds(m) for m in methods))
+    if not seeds:
+        missing = [m for m in methods if not evaluated_seeds(m)]
+        raise FileNotFoundError(f"{archive_folder} has no seed evaluated for every method of the 2d study "
+                                f"(none for {', '.join(missing) or 'a common seed'}); finish that study first "
+                                f"or name the trainers with --trainers")
+    scores = {}
+    for method in methods:
+        values = []
+        for seed in sorted(seeds):
+            table = read_per_case(os.path.join(archive_folder, "evaluation", seed, method, "per_case.csv"))
+            names = {short_region_name(r): r for _, _, r in table}
+            values.append(np.mean([mean_dice(table, names[r]) for r in BAR_REGIONS]))
+        scores[method] = float(np.mean(values))
+    return max(scores, key=scores.get), scores
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 def loss_term_rows(study: Study, trainers: list[str]) -> list[str]:
@@ -813,6 +841,15 @@ def main() -> None:
     if custom:
         size = Size(**{**asdict(size), **custom})
     trainers = list(args.trainers or size.trainers)
+    if BEST_2D in trainers:
+        archive_2d = os.path.join(REPO, "benchmarks", "results", "study_cpu")
+        try:
+            best, scores = best_method_in_archive(archive_2d)
+        except FileNotFoundError as error:
+            parser.error(f"--size {args.size} trains the 2d study's best method: {error}")
+        log(f"the 2d study's best method on mean {' and '.join(BAR_REGIONS)} Dice ({archive_2d}): {best} ("
+            + ", ".join(f"{m} {v * 100:.2f}" for m, v in scores.items()) + ")")
+        trainers = [best if t == BEST_2D else t for t in trainers]
     if REFERENCE not in trainers:
         parser.error(f"--trainers must include {REFERENCE}, the reference of every comparison")
     archive = args.archive or os.path.join(REPO, "benchmarks", "results",

@@ -103,3 +103,29 @@ def test_seed_means_and_mean_dice():
     assert study.mean_dice(a, "whole_tumor") == pytest.approx(np.mean([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="different cases"):
         study.mean_over_seeds([a, {**b, ("c", "T1", "whole_tumor"): 0.5}])
+
+
+def test_the_3d_preset_takes_the_2d_studys_best_method_on_tc_and_et_from_its_archive(tmp_path):
+    """Mean of TC and ET over the seeds every method has; WT does not count; a seed only one method
+    has is left out."""
+    dice = {  # method: {seed: (WT, TC, ET)}
+        "MAGMSTrainer": {1: (0.9, 0.5, 0.5), 2: (0.9, 0.5, 0.5)},
+        "MSTKDTrainer": {1: (0.5, 0.8, 0.6), 2: (0.5, 0.6, 0.6), 3: (0.5, 0.1, 0.1)},
+        "SMMLTrainer": {1: (0.5, 0.7, 0.7), 2: (0.5, 0.7, 0.7)},
+    }
+    for method, seeds in dice.items():
+        for seed, values in seeds.items():
+            folder = tmp_path / "evaluation" / f"seed_{seed}" / method
+            folder.mkdir(parents=True)
+            with open(folder / "per_case.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["case", "subset", "region", "dice", "hd95"])
+                for region, value in zip(("whole_tumor", "tumor_core", "enhancing_tumor"), values):
+                    writer.writerows([["c1", "T1", region, value, 1.0], ["c1", "T2", region, value, 1.0]])
+    best, scores = study.best_method_in_archive(str(tmp_path))
+    assert best == "SMMLTrainer"  # 0.7, against MST-KD's 0.65 on seeds 1-2 (its seed 3 has no partner)
+    assert scores == pytest.approx({"MAGMSTrainer": 0.5, "MSTKDTrainer": 0.65, "SMMLTrainer": 0.7})
+    (tmp_path / "evaluation" / "seed_1" / "SMMLTrainer" / "per_case.csv").unlink()
+    (tmp_path / "evaluation" / "seed_2" / "SMMLTrainer" / "per_case.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="SMMLTrainer"):
+        study.best_method_in_archive(str(tmp_path))
