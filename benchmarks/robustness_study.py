@@ -54,6 +54,7 @@ DATASET_NAME = "RobustnessStudy"
 REFERENCE = "ModalityDropoutTrainer"
 NO_MASKING = "FullModalityTrainer"
 ENSEMBLE = f"{REFERENCE} x2"  # the reference's first two seeds averaged at inference
+CODE_FREE_STEPS = ("dataset", "preprocessing")  # not redone for a training-code change (the archive checks the data)
 BEST_2D = "best-2d"  # in a preset's trainers: the 2d CPU study's best method (best_method_in_archive)
 METHODS = ["MAGMSTrainer", "MSTKDTrainer", "SMMLTrainer"]
 TRAINERS = [NO_MASKING, REFERENCE, *METHODS, "SMMLTrainerNoConsistency"]
@@ -119,6 +120,7 @@ class Study:
         for name in ("nnUNet_raw", "nnUNet_preprocessed"):
             os.makedirs(self.env[name], exist_ok=True)
             os.environ[name] = self.env[name]
+        self.training_code = training_code_fingerprint(os.path.join(REPO, "nnunet_missingmod"))
         self.state = self._load_state()
 
     def _load_state(self) -> dict:
@@ -144,10 +146,44 @@ class Study:
     def done(self, step: str) -> bool:
         return step in self.state["done"]
 
-    def mark(self, step: str) -> None:
-        self.state["done"][step] = time.strftime("%Y-%m-%d %H:%M:%S")
+    def mark(self, step: str, finished: str | None = None) -> None:
+        self.state["done"][step] = finished or time.strftime("%Y-%m-%d %H:%M:%S")
+        self.state.setdefault("training_code", {})[step] = self.training_code
         self.save()
-        self.archive_step(step)
+        if finished is None:
+            self.archive_step(step)
+
+    def forget_steps_of_other_code(self) -> None:
+        """Steps this work folder finished with other training code (or before this record existed)
+        are done again, and their networks and priors are moved aside (``<folder>.stale``): a number
+        in the report must come from the code that ships, here as in the archive."""
+        made_with = self.state.setdefault("training_code", {})
+        stale = [step for step in self.state["done"]
+                 if step not in CODE_FREE_STEPS and made_with.get(step) != self.training_code]
+        for step in stale:
+            del self.state["done"][step]
+            made_with.pop(step, None)
+            folder = None
+            if step.startswith("train "):
+                key = step.removeprefix("train ")
+                self.state["trainings"].pop(key, None)
+                self.state["training_s"].pop(key, None)
+                trainer, seed = key.rsplit(" seed ", 1)
+                folder = self.model_folder(trainer, int(seed) if seed.isdigit() else seed)
+            elif step == "smml_priors":
+                self.state.pop("priors_s", None)
+                folder = next(iter(self.priors_folders()), None)
+            if folder and os.path.isdir(folder):
+                shutil.rmtree(folder + ".stale", ignore_errors=True)
+                os.replace(folder, folder + ".stale")
+        self.save()
+        if stale:
+            log(f"{len(stale)} step(s) of this work folder were made with other training code, done again: "
+                + "; ".join(sorted(stale)))
+
+    def priors_folders(self) -> list[str]:
+        return glob.glob(os.path.join(self.env["nnUNet_preprocessed"], f"Dataset{DATASET_ID}_{DATASET_NAME}",
+                                      "*_smml_priors"))
 
     def run(self, command: list[str], log_name: str, **env) -> None:
         path = os.path.join(self.work, "logs", log_name)
@@ -303,7 +339,7 @@ class Study:
                 if k not in ("seeds", "dedicated", "trainers")}
         try:
             self.archive = StudyArchive(self.archive_folder, size, dataset_fingerprint(self.dataset_folder),
-                                        training_code_fingerprint(os.path.join(REPO, "nnunet_missingmod")),
+                                        self.training_code,
                                         current_commit(REPO), log=log)
         except ArchiveMismatch as error:
             sys.exit(str(error))
@@ -315,9 +351,8 @@ class Study:
                 self.state["trainings"][step.removeprefix("train ")] = record["training"]
             if "priors_s" in record:
                 self.state["priors_s"] = record["priors_s"]
-            self.state["done"][step] = record["finished"]
+            self.mark(step, finished=record["finished"])  # made with this training code, as usable() checks
             taken.append(step)
-        self.save()
         if taken:
             log(f"archive: took {len(taken)} finished step(s) made on an earlier machine")
         archived = self.archive.usable()
@@ -330,8 +365,7 @@ class Study:
             return
         details = {}
         if step == "smml_priors":
-            folder = glob.glob(os.path.join(self.env["nnUNet_preprocessed"], f"Dataset{DATASET_ID}_{DATASET_NAME}",
-                                            "*_smml_priors"))
+            folder = self.priors_folders()
             files = [os.path.relpath(p, self.work) for f in folder for p in sorted(glob.glob(os.path.join(f, "*")))
                      if not p.endswith(".partial")]
             details["priors_s"] = self.state.get("priors_s", float("nan"))
@@ -356,6 +390,7 @@ class Study:
 
     def run_all(self) -> None:
         self.prepare_data()
+        self.forget_steps_of_other_code()
         self.open_archive()
         for seed in self.seeds:
             for trainer in self.trainers:

@@ -86,6 +86,34 @@ def test_an_archive_of_other_data_or_another_size_is_refused_by_name(tmp_path):
 
 
 @pytest.mark.e2e
+def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_archived(tmp_path, monkeypatch):
+    """A work folder resumed after a change to the training code: its finished trainings and
+    evaluations are forgotten (networks moved aside), the data and preprocessing kept; steps made
+    with this code stay. Before, such steps were archived as if made with the current code."""
+    study_script = load_script("robustness_study")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    study = study_script.Study(str(tmp_path / "work"), study_script.SIZES["tiny"], ["ModalityDropoutTrainer"], [1],
+                               "none", "cpu")
+    old, current = "0" * 64, study.training_code
+    steps = {"dataset": old, "preprocessing": old, "train ModalityDropoutTrainer seed 1": old,
+             "evaluate ModalityDropoutTrainer seed 1": None, "train FullModalityTrainer seed 1": current}
+    study.state["done"] = {step: "2026-12-01 10:00:00" for step in steps}
+    study.state["training_code"] = {step: code for step, code in steps.items() if code is not None}
+    study.state["trainings"] = {"ModalityDropoutTrainer seed 1": {"minutes": 1.0},
+                                "FullModalityTrainer seed 1": {"minutes": 2.0}}
+    network = os.path.join(study.model_folder("ModalityDropoutTrainer", 1), "fold_0")
+    os.makedirs(network)
+    study.forget_steps_of_other_code()
+    assert sorted(study.state["done"]) == ["dataset", "preprocessing", "train FullModalityTrainer seed 1"]
+    assert list(study.state["trainings"]) == ["FullModalityTrainer seed 1"]
+    assert not os.path.exists(network) and os.path.isdir(study.model_folder("ModalityDropoutTrainer", 1) + ".stale")
+    with open(tmp_path / "work" / "study.json") as f:
+        assert sorted(json.load(f)["done"]) == sorted(study.state["done"])
+    study.mark("evaluate FullModalityTrainer seed 1")  # no archive here: only recorded
+    assert study.state["training_code"]["evaluate FullModalityTrainer seed 1"] == current
+
+
 def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
     """The study script twice, in two work folders sharing only the archive, the first as a machine
     that stopped after a training and before its evaluation: the second takes the training, trains
