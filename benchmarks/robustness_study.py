@@ -339,12 +339,11 @@ class Study:
                 if k not in ("seeds", "dedicated", "trainers")}
         try:
             self.archive = StudyArchive(self.archive_folder, size, dataset_fingerprint(self.dataset_folder),
-                                        self.training_code,
-                                        current_commit(REPO), log=log)
+                                        self.training_code, current_commit(REPO), log=log)
         except ArchiveMismatch as error:
             sys.exit(str(error))
-        taken = []
-        for step, record in self.archive.usable().items():
+        taken, archived = [], self.archive.usable()
+        for step, record in archived.items():
             if self.done(step) or not self.archive.take(step, record, self.work):
                 continue
             if "training" in record:
@@ -355,7 +354,6 @@ class Study:
             taken.append(step)
         if taken:
             log(f"archive: took {len(taken)} finished step(s) made on an earlier machine")
-        archived = self.archive.usable()
         for step in self.state["done"]:
             if step not in archived:
                 self.archive_step(step)
