@@ -524,6 +524,28 @@ def bar_rows(stats: dict[str, SeedStatistics], methods: list[str]) -> list[str]:
     return rows
 
 
+def full_subset_statistics(tables: list[dict], full_subset: str, regions: list[str], short: dict) -> SeedStatistics:
+    """A trainer's Dice with every modality present: per seed, the mean over cases on the full subset."""
+    return SeedStatistics({short[r]: [float(np.mean([v for (c, s, rr), v in table.items() if s == full_subset and rr == r]))
+                                      for table in tables] for r in regions})
+
+
+def every_modality_rows(full: dict[str, SeedStatistics], regions: list[str]) -> list[str]:
+    """Markdown rows: each trainer with every modality present, against FullModalityTrainer (nnU-Net
+    trained as usual, what a user whose scans are always complete would train instead)."""
+    rows = []
+    for trainer, stats in full.items():
+        cells = [f"{stats.mean[r] * 100:.2f} ± {stats.spread[r] * 100:.2f}" for r in regions]
+        if trainer != NO_MASKING:
+            for r in regions:
+                difference, verdict = compare(stats, full[NO_MASKING], r)
+                cells.append(f"{difference * 100:+.2f} ({verdict})")
+        else:
+            cells += ["" for _ in regions]
+        rows.append(f"| {trainer} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def costs() -> dict:
     """Iteration-time ratios against nnUNetTrainer from the committed benchmark run, if any."""
     if not os.path.isfile(COSTS):
@@ -706,9 +728,31 @@ def write_report(study: Study, report: str, command: str) -> None:
         if best in cost:
             text += f"; trains at {cost[best]:.2f}x nnU-Net's iteration time"
         lines.append(text + ".")
+    full_subset = max(subsets, key=lambda s: s.count("+") + 1)
+    full = {t: full_subset_statistics(dice[t], full_subset, regions, short) for t in trainers}
+    if NO_MASKING in full:
+        plain = full[NO_MASKING]
+        robust = [t for t in contenders if t in full]
+        best_full = max(robust, key=lambda t: np.mean([full[t].mean[r] for r in BAR_REGIONS]))
+        lines.append(f"- **Every sequence always present** ({full_subset}): nnU-Net trained as usual "
+                     f"({NO_MASKING}) reaches " + " / ".join(f"{plain.mean[r] * 100:.2f}" for r in ("WT", "TC", "ET"))
+                     + f" (WT / TC / ET); the best robust trainer there, {best_full}, "
+                     + ", ".join(f"{d * 100:+.2f} {r} ({v})" for r in ("WT", "TC", "ET")
+                                 for d, v in [compare(full[best_full], plain, r)])
+                     + " against it: what training for missing modalities costs, or gains, where none is "
+                     "missing (every trainer below).")
     lines += ["", f"{REFERENCE} (nnU-Net with random modality dropout) costs what nnU-Net costs; a method is worth its "
               "extra training cost where it is above it by more than the seed spread. Costs: docs/benchmarks.md "
               "(CPU, ratios of iteration time against nnUNetTrainer)."]
+    if NO_MASKING in full:
+        lines += ["", "## With every modality present", "",
+                  f"Dice % on {full_subset} alone (mean over the test cases), mean ± standard deviation over the seeds, "
+                  f"and the difference from {NO_MASKING}, nnU-Net trained as usual on complete scans: what a trainer "
+                  "built for missing modalities gives up, or gains, where none is missing (a difference within the "
+                  "larger seed spread is a tie).", "",
+                  "| Trainer | " + " | ".join(f"Dice {short[r]}" for r in regions) + " | "
+                  + " | ".join(f"{short[r]} vs {NO_MASKING}" for r in regions) + " |",
+                  "|---|" + "---:|" * (2 * len(regions)), *every_modality_rows(full, [short[r] for r in regions])]
 
     # mean over subsets
     lines += ["", f"## Mean over the {len(subsets)} subsets", "",

@@ -105,6 +105,23 @@ def test_seed_means_and_mean_dice():
         study.mean_over_seeds([a, {**b, ("c", "T1", "whole_tumor"): 0.5}])
 
 
+def test_every_modality_present_compares_the_full_subset_alone_with_plain_nnunet():
+    """Only T1+T1ce (the full subset of SUBSETS) counts; seeds give the spread; a trainer within the
+    larger spread of FullModalityTrainer is a tie."""
+    short = {"whole_tumor": "WT"}
+    plain = [table({"a": (0.0, 0.0, 0.8), "b": (0.0, 0.0, 0.6)}), table({"a": (0.0, 0.0, 0.9), "b": (0.0, 0.0, 0.7)})]
+    robust = [table({"a": (0.9, 0.9, 0.6), "b": (0.9, 0.9, 0.4)}), table({"a": (0.9, 0.9, 0.7), "b": (0.9, 0.9, 0.5)})]
+    close = [table({"a": (0.5, 0.5, 0.75), "b": (0.5, 0.5, 0.7)}), table({"a": (0.5, 0.5, 0.8), "b": (0.5, 0.5, 0.7)})]
+    full = {name: study.full_subset_statistics(tables, "T1+T1ce", ["whole_tumor"], short)
+            for name, tables in (("FullModalityTrainer", plain), ("ModalityDropoutTrainer", robust), ("X", close))}
+    assert full["FullModalityTrainer"].per_seed["WT"] == pytest.approx([0.7, 0.8])
+    assert full["ModalityDropoutTrainer"].mean["WT"] == pytest.approx(0.55)
+    rows = study.every_modality_rows(full, ["WT"])
+    assert rows[0] == "| FullModalityTrainer | 75.00 ± 7.07 |  |"
+    assert rows[1] == "| ModalityDropoutTrainer | 55.00 ± 7.07 | -20.00 (below) |"
+    assert rows[2] == "| X | 73.75 ± 1.77 | -1.25 (tie) |"
+
+
 def test_the_3d_preset_takes_the_2d_studys_best_method_on_tc_and_et_from_its_archive(tmp_path):
     """Mean of TC and ET over the seeds every method has; WT does not count; a seed only one method
     has is left out."""
