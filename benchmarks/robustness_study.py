@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from study_archive import (ArchiveMismatch, StudyArchive, current_commit, dataset_fingerprint, evaluation_files,
-                           training_code_fingerprint)
+from study_archive import (ArchiveMismatch, StudyArchive, TrainingCode, current_commit, dataset_fingerprint,
+                           evaluation_files, training_code_fingerprint)
 
 DATASET_ID = 982
 DATASET_NAME = "RobustnessStudy"
@@ -55,6 +55,10 @@ REFERENCE = "ModalityDropoutTrainer"
 NO_MASKING = "FullModalityTrainer"
 ENSEMBLE = f"{REFERENCE} x2"  # the reference's first two seeds averaged at inference
 CODE_FREE_STEPS = ("dataset", "preprocessing")  # not redone for a training-code change (the archive checks the data)
+PRIORS_STEP = "smml_priors"
+PRIORS_MODULE = "nnunet_missingmod.priors.compute"  # nnUNetv2_smml_priors
+PLANS_MODULE = "nnunet_missingmod.planning"  # the plans every network is built from
+NEEDS_PRIORS = ("SMMLTrainer",)
 BEST_2D = "best-2d"  # in a preset's trainers: the 2d CPU study's best method (best_method_in_archive)
 METHODS = ["MAGMSTrainer", "MSTKDTrainer", "SMMLTrainer"]
 TRAINERS = [NO_MASKING, REFERENCE, *METHODS, "SMMLTrainerNoConsistency"]
@@ -120,7 +124,8 @@ class Study:
         for name in ("nnUNet_raw", "nnUNet_preprocessed"):
             os.makedirs(self.env[name], exist_ok=True)
             os.environ[name] = self.env[name]
-        self.training_code = training_code_fingerprint(os.path.join(REPO, "nnunet_missingmod"))
+        self.training_code = TrainingCode(os.path.join(REPO, "nnunet_missingmod"))
+        self._whole_package_code = None
         self.state = self._load_state()
 
     def _load_state(self) -> dict:
@@ -146,9 +151,32 @@ class Study:
     def done(self, step: str) -> bool:
         return step in self.state["done"]
 
+    def code_entries(self, step: str) -> tuple[str, ...]:
+        """The package modules a step runs (``TrainingCode`` follows their imports): the priors'
+        command; or a trainer's module, the planner whose plans it trains on, and the priors' command
+        where priors feed it (an evaluation counts as its training: evaluation code is not training code)."""
+        if step == PRIORS_STEP:
+            return (PRIORS_MODULE,)
+        label = step.split(" ", 1)[1].rsplit(" seed ", 1)[0]
+        trainer = REFERENCE if label == ENSEMBLE else label
+        from nnunet_missingmod.training.mstkd_teacher import find_trainer_class
+        return (find_trainer_class(trainer).__module__, PLANS_MODULE) + ((PRIORS_MODULE,) if trainer in NEEDS_PRIORS else ())
+
+    def code_of(self, step: str) -> str:
+        """The fingerprint of the training code ``step`` runs (docs/study.md)."""
+        return self.training_code.fingerprint(self.code_entries(step))
+
+    def whole_package_code(self) -> str:
+        """The fingerprint records carried before they were per step: the whole package's training code.
+        A record with this value was made with the code here, so it takes its step's fingerprint."""
+        if self._whole_package_code is None:
+            self._whole_package_code = training_code_fingerprint(os.path.join(REPO, "nnunet_missingmod"))
+        return self._whole_package_code
+
     def mark(self, step: str, finished: str | None = None) -> None:
         self.state["done"][step] = finished or time.strftime("%Y-%m-%d %H:%M:%S")
-        self.state.setdefault("training_code", {})[step] = self.training_code
+        if step not in CODE_FREE_STEPS:
+            self.state.setdefault("training_code", {})[step] = self.code_of(step)
         self.save()
         if finished is None:
             self.archive_step(step)
@@ -158,8 +186,11 @@ class Study:
         are done again, and their networks and priors are moved aside (``<folder>.stale``): a number
         in the report must come from the code that ships, here as in the archive."""
         made_with = self.state.setdefault("training_code", {})
+        for step, code in made_with.items():
+            if step not in CODE_FREE_STEPS and code == self.whole_package_code():
+                made_with[step] = self.code_of(step)
         stale = [step for step in self.state["done"]
-                 if step not in CODE_FREE_STEPS and made_with.get(step) != self.training_code]
+                 if step not in CODE_FREE_STEPS and made_with.get(step) != self.code_of(step)]
         for step in stale:
             del self.state["done"][step]
             made_with.pop(step, None)
@@ -170,7 +201,7 @@ class Study:
                 self.state["training_s"].pop(key, None)
                 trainer, seed = key.rsplit(" seed ", 1)
                 folder = self.model_folder(trainer, int(seed) if seed.isdigit() else seed)
-            elif step == "smml_priors":
+            elif step == PRIORS_STEP:
                 self.state.pop("priors_s", None)
                 folder = next(iter(self.priors_folders()), None)
             if folder and os.path.isdir(folder):
@@ -242,13 +273,13 @@ class Study:
 
     def ensure_priors(self) -> None:
         """SMML's Segment Anything priors, computed once, right before SMMLTrainer first trains."""
-        if not self.done("smml_priors"):
+        if not self.done(PRIORS_STEP):
             log("SMML priors (nnUNetv2_smml_priors, LiteMedSAM)")
             start = time.time()
             self.run(["nnUNetv2_smml_priors", "-d", str(DATASET_ID), "-c", self.size.configuration],
                      "smml_priors.log")
             self.state["priors_s"] = self.state.get("priors_s", 0.0) + time.time() - start
-            self.mark("smml_priors")
+            self.mark(PRIORS_STEP)
 
     def has_network(self, trainer: str, seed) -> bool:
         return os.path.isfile(os.path.join(self.model_folder(trainer, seed), "fold_0", "checkpoint_final.pth"))
@@ -262,7 +293,7 @@ class Study:
         if self.done(step):
             log(f"{trainer} (seed {seed}) was trained on another machine; training it again for its network")
             del self.state["done"][step]
-        if trainer == "SMMLTrainer":
+        if trainer in NEEDS_PRIORS:
             self.ensure_priors()
         fold = os.path.join(self.model_folder(trainer, seed), "fold_0")
         resume = os.path.isfile(os.path.join(fold, "checkpoint_latest.pth"))
@@ -339,7 +370,8 @@ class Study:
                 if k not in ("seeds", "dedicated", "trainers")}
         try:
             self.archive = StudyArchive(self.archive_folder, size, dataset_fingerprint(self.dataset_folder),
-                                        self.training_code, current_commit(REPO), log=log)
+                                        self.code_of, current_commit(REPO), log=log,
+                                        earlier_code=self.whole_package_code)
         except ArchiveMismatch as error:
             sys.exit(str(error))
         taken, archived = [], self.archive.usable()
@@ -362,7 +394,7 @@ class Study:
         if self.archive is None or step in ("dataset", "preprocessing"):
             return
         details = {}
-        if step == "smml_priors":
+        if step == PRIORS_STEP:
             folder = self.priors_folders()
             files = [os.path.relpath(p, self.work) for f in folder for p in sorted(glob.glob(os.path.join(f, "*")))
                      if not p.endswith(".partial")]
@@ -650,8 +682,8 @@ def provenance(study: Study) -> str:
     text = (f"The {len(steps)} steps (trainings, evaluations, priors) were run between {dates[0]} and {dates[-1]}, "
             f"possibly on several machines, and carried between them by the study's archive "
             f"(`{os.path.relpath(study.archive.folder, REPO)}`, docs/study.md), at commit{'s' if len(commits) > 1 else ''} "
-            f"{', '.join(commits)}, all with the same data and training code (fingerprints "
-            f"{study.archive.dataset[:12]}, {study.archive.training_code[:12]}).")
+            f"{', '.join(commits)}, all with the same data (fingerprint {study.archive.dataset[:12]}) and each with "
+            "the training code its trainer has at this commit (per-step fingerprints in archive.json).")
     if repeats:
         text += (f" Networks trained again on a later machine from their seed: {sum(repeats)} of {len(repeats)} "
                  "repeated the archived weights bit for bit.")

@@ -13,9 +13,10 @@ finished step (``benchmarks/results/study_<size>/``):
     priors/                           SMML's priors (about an hour of LiteMedSAM on the CPU)
 
 A study started on a fresh machine takes every archived step whose data fingerprint (the test and
-training images, labels and dataset.json, as arrays) and training-code fingerprint (the package's
-code that shapes a trained network, comments and docstrings left out, and the versions of the
-libraries it trains with) match its own, and runs only what is missing. A step made from other
+training images, labels and dataset.json, as arrays) and training-code fingerprint (the code that
+step runs: its trainer's module and every package module that imports, ``TrainingCode``, comments
+and docstrings left out, and the versions of the libraries it trains with) match its own, and runs
+only what is missing. A step made from other
 data or other training code is left out, with its name in the log, and run again. A network that a
 later step needs (the ensemble control's two networks) is trained again, and its weights are
 compared with the archived digest: a difference says the machines do not repeat each other, and
@@ -53,9 +54,19 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _library_versions(digest) -> None:
+    for library in LIBRARIES:
+        try:
+            version = metadata.version(library.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f"{library}=={version}\0".encode())
+
+
 def training_code_fingerprint(package_folder: str) -> str:
-    """SHA-256 of the package's training code as syntax trees (a comment, docstring or layout change
-    leaves it unchanged) and of the versions of the libraries that train."""
+    """SHA-256 of the whole package's training code as syntax trees (a comment, docstring or layout
+    change leaves it unchanged) and of the versions of the libraries that train. The archive's
+    records before per-step fingerprints (``TrainingCode``) carry this one."""
     digest = hashlib.sha256()
     for path in sorted(glob.glob(os.path.join(package_folder, "**", "*.py"), recursive=True)):
         relative = os.path.relpath(path, package_folder)
@@ -64,13 +75,110 @@ def training_code_fingerprint(package_folder: str) -> str:
         with open(path) as f:
             tree = _strip_docstrings(ast.parse(f.read(), filename=path))
         digest.update(relative.encode() + b"\0" + ast.dump(tree).encode() + b"\0")
-    for library in LIBRARIES:
-        try:
-            version = metadata.version(library.replace("_", "-"))
-        except metadata.PackageNotFoundError:
-            version = "absent"
-        digest.update(f"{library}=={version}\0".encode())
+    _library_versions(digest)
     return digest.hexdigest()
+
+
+class TrainingCode:
+    """The code a step runs, read from the package's syntax trees: an entry module (a trainer's) and
+    every package module it imports, transitively, anywhere in its code.
+
+    A name imported from a package is followed to the module that defines it, so that the package's
+    registry of trainers (``training/__init__``, which imports them all) ties no trainer to another
+    one's code: a change to MAG-MS leaves ModalityDropoutTrainer's steps valid, a change to a module
+    they share (``training/base``) makes both stale. A module that imports the package itself (MST-KD's
+    teacher lookup) depends on everything the package exports. The package ``__init__`` files a
+    submodule's import runs on the way are not followed: they only define names.
+    """
+
+    def __init__(self, package_folder: str):
+        root = os.path.dirname(os.path.abspath(package_folder))
+        self.paths, self.trees = {}, {}
+        for path in sorted(glob.glob(os.path.join(os.path.abspath(package_folder), "**", "*.py"), recursive=True)):
+            name = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+            name = name[:-len(".__init__")] if name.endswith(".__init__") else name
+            with open(path) as f:
+                tree = _strip_docstrings(ast.parse(f.read(), filename=path))
+            self.paths[name], self.trees[name] = os.path.relpath(path, root), tree
+        self._fingerprints: dict[tuple, str] = {}
+
+    def _is_package(self, module: str) -> bool:
+        return self.paths[module].endswith("__init__.py")
+
+    def _source(self, module: str, node: ast.ImportFrom) -> str:
+        """The absolute module name of ``from X import ...`` in ``module`` (relative imports too)."""
+        if node.level == 0:
+            return node.module or ""
+        parts = module.split(".") if self._is_package(module) else module.split(".")[:-1]
+        parts = parts[:len(parts) - node.level + 1]
+        return ".".join(parts + ([node.module] if node.module else []))
+
+    def _defines(self, module: str, name: str) -> bool:
+        for node in self.trees[module].body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+                return True
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        return False
+
+    def _definer(self, module: str, name: str, seen: frozenset = frozenset()) -> Optional[str]:
+        """The package module that defines ``name`` as ``module`` exports it (following re-exports)."""
+        if f"{module}.{name}" in self.trees:
+            return f"{module}.{name}"
+        if self._defines(module, name):
+            return module
+        for node in self.trees[module].body:
+            if not isinstance(node, ast.ImportFrom) or self._source(module, node) not in self.trees:
+                continue
+            source = self._source(module, node)
+            for alias in node.names:
+                if (source, name) in seen:
+                    continue
+                if alias.name == "*":
+                    found = self._definer(source, name, seen | {(source, name)})
+                    if found:
+                        return found
+                elif (alias.asname or alias.name) == name:
+                    return self._definer(source, alias.name, seen | {(source, name)}) or source
+        return None
+
+    def imports(self, module: str) -> set[str]:
+        """The package modules ``module`` imports names from, anywhere in its code."""
+        found = set()
+        for node in ast.walk(self.trees[module]):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names if alias.name in self.trees)
+            elif isinstance(node, ast.ImportFrom) and self._source(module, node) in self.trees:
+                source = self._source(module, node)
+                for alias in node.names:
+                    found.add(source if alias.name == "*" else self._definer(source, alias.name) or source)
+        return found
+
+    def modules(self, entries) -> list[str]:
+        """The entry modules and every package module they import, transitively."""
+        unknown = [e for e in entries if e not in self.trees]
+        if unknown:
+            raise KeyError(f"not a module of the package: {', '.join(unknown)}")
+        todo, seen = list(entries), set()
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo += self.imports(module)
+        return sorted(seen)
+
+    def fingerprint(self, entries) -> str:
+        """SHA-256 of the syntax trees of ``modules(entries)`` (comments and docstrings left out) and
+        of the versions of the libraries that train."""
+        key = tuple(sorted(entries))
+        if key not in self._fingerprints:
+            digest = hashlib.sha256()
+            for module in self.modules(key):
+                digest.update(self.paths[module].encode() + b"\0" + ast.dump(self.trees[module]).encode() + b"\0")
+            _library_versions(digest)
+            self._fingerprints[key] = digest.hexdigest()
+        return self._fingerprints[key]
 
 
 def dataset_fingerprint(dataset_folder: str) -> str:
@@ -146,10 +254,14 @@ class StudyArchive:
     the same relative paths, so taking a step is copying its files back.
     """
 
-    def __init__(self, folder: str, size: dict, dataset: str, training_code: str, commit: Optional[str],
-                 log: Callable[[str], None] = print):
-        self.folder, self.size, self.dataset, self.training_code, self.commit = (
-            folder, size, dataset, training_code, commit)
+    def __init__(self, folder: str, size: dict, dataset: str, code_of: Callable[[str], str], commit: Optional[str],
+                 log: Callable[[str], None] = print, earlier_code: Optional[Callable[[], str]] = None):
+        """``code_of(step)``: the fingerprint of the training code the step runs now. ``earlier_code()``:
+        the whole package's fingerprint (``training_code_fingerprint``) that records made before
+        per-step fingerprints carry; such a record matching it was made with the code here, and takes
+        its step's fingerprint."""
+        self.folder, self.size, self.dataset, self.code_of, self.commit = folder, size, dataset, code_of, commit
+        self.earlier_code = earlier_code
         self.log = log
         self.path = os.path.join(folder, ARCHIVE_FILE)
         self.content = {"size": size, "dataset": dataset, "steps": {}}
@@ -166,11 +278,16 @@ class StudyArchive:
                                   "start the archive again, or pass --archive none")
 
     def usable(self) -> dict[str, dict]:
-        """The archived steps made with this training code: {step: record}."""
-        usable, stale = {}, []
+        """The archived steps made with the training code they run now: {step: record}."""
+        usable, stale, upgraded = {}, [], False
         for step, record in self.content["steps"].items():
-            (usable.__setitem__(step, record) if record.get("training_code") == self.training_code
-             else stale.append(step))
+            code = self.code_of(step)
+            if record.get("training_code") != code and self.earlier_code is not None \
+                    and record.get("training_code") == self.earlier_code():
+                record["training_code"], upgraded = code, True
+            (usable.__setitem__(step, record) if record.get("training_code") == code else stale.append(step))
+        if upgraded:
+            _write_json(self.path, self.content)
         if stale:
             self.log(f"archive: {len(stale)} step(s) made with other training code, run again: " + "; ".join(stale))
         return usable
@@ -191,7 +308,7 @@ class StudyArchive:
         for relative in files:
             _copy(os.path.join(work, relative), os.path.join(self.folder, relative))
         self.content["steps"][step] = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": self.commit,
-                                       "training_code": self.training_code, "files": sorted(files), **details}
+                                       "training_code": self.code_of(step), "files": sorted(files), **details}
         os.makedirs(self.folder, exist_ok=True)
         _write_json(self.path, self.content)
 

@@ -32,6 +32,48 @@ def test_training_code_fingerprint_ignores_comments_and_docstrings_but_not_code(
     assert archive.training_code_fingerprint(str(package)) != before
 
 
+def test_a_steps_code_is_its_trainers_modules_and_what_they_import(tmp_path):
+    """A change to MAG-MS leaves ModalityDropoutTrainer's fingerprint alone, a change to the base
+    trainer they share changes both, a new trainer in the registry changes neither, and MST-KD,
+    whose teacher lookup imports the registry, depends on every trainer."""
+    package = tmp_path / "nnunet_missingmod"
+    shutil.copytree(os.path.join(REPO, "nnunet_missingmod"), package, ignore=shutil.ignore_patterns("__pycache__"))
+    entries = {name: (f"nnunet_missingmod.training.{name}", "nnunet_missingmod.planning")
+               for name in ("modality_dropout", "magms", "mstkd")}
+
+    def fingerprints():
+        code = archive.TrainingCode(str(package))
+        return {name: code.fingerprint(modules) for name, modules in entries.items()}
+
+    code = archive.TrainingCode(str(package))
+    dropout = code.modules(entries["modality_dropout"])
+    assert "nnunet_missingmod.training.base" in dropout and "nnunet_missingmod.masking" in dropout
+    assert "nnunet_missingmod.training.magms" not in dropout and "nnunet_missingmod.training" not in dropout
+    assert "nnunet_missingmod.losses.self_distillation" in code.modules(entries["magms"])
+    assert "nnunet_missingmod.training.magms" in code.modules(entries["mstkd"])
+    before = fingerprints()
+
+    def edit(relative, text):
+        path = package / relative
+        path.write_text(path.read_text() + text)
+        return fingerprints()
+
+    after = edit("training/magms.py", "\nEXTRA = 1\n")
+    assert after["modality_dropout"] == before["modality_dropout"]
+    assert after["magms"] != before["magms"] and after["mstkd"] != before["mstkd"]
+    (package / "training" / "new_method.py").write_text("from nnunet_missingmod.training.base import "
+                                                         "MissingModalityTrainer\n\n\nclass NewTrainer("
+                                                         "MissingModalityTrainer):\n    pass\n")
+    registered = edit("training/__init__.py", "from nnunet_missingmod.training.new_method import NewTrainer\n")
+    assert registered["modality_dropout"] == before["modality_dropout"] and registered["magms"] == after["magms"]
+    assert registered["mstkd"] != after["mstkd"]
+    shared = edit("training/base.py", "\nEXTRA = 1\n")
+    assert all(shared[name] != registered[name] for name in entries)
+    assert edit("training/modality_dropout.py", "\n# a comment\n") == shared
+    with pytest.raises(KeyError, match="not a module"):
+        code.modules(["nnunet_missingmod.training.absent"])
+
+
 def test_dataset_fingerprint_is_the_data_not_the_files(tmp_path):
     from nnunet_missingmod.synthetic import write_nnunet_dataset
     first = write_nnunet_dataset(981, 2, 1, shape=(16, 20, 16), seed=0, raw_folder=str(tmp_path / "a"))
@@ -47,8 +89,9 @@ def test_dataset_fingerprint_is_the_data_not_the_files(tmp_path):
     assert archive.dataset_fingerprint(first) != archive.dataset_fingerprint(second)
 
 
-def make_archive(folder, code="code-1", dataset="data-1", size=None):
-    return archive.StudyArchive(str(folder), size or {"epochs": 2}, dataset, code, "abc", log=lambda m: None)
+def make_archive(folder, code="code-1", dataset="data-1", size=None, earlier_code=None):
+    return archive.StudyArchive(str(folder), size or {"epochs": 2}, dataset, lambda step: f"{code} {step}", "abc",
+                                log=lambda m: None, earlier_code=earlier_code)
 
 
 def test_a_step_travels_with_its_files_and_only_with_the_same_training_code(tmp_path):
@@ -68,13 +111,30 @@ def test_a_step_travels_with_its_files_and_only_with_the_same_training_code(tmp_
     assert (fresh / "evaluation" / "seed_1" / "T" / "per_case.csv").read_text() == "case,subset\n"
 
     messages = []
-    other_code = archive.StudyArchive(str(tmp_path / "archive"), {"epochs": 2}, "data-1", "code-2", None,
+    other_code = archive.StudyArchive(str(tmp_path / "archive"), {"epochs": 2}, "data-1", lambda step: "code-2", None,
                                       log=messages.append)
     assert other_code.usable() == {}
     assert "2 step(s) made with other training code" in messages[0] and "train T seed 1" in messages[0]
 
     os.remove(tmp_path / "archive" / "evaluation" / "seed_1" / "T" / "per_case.csv")
     assert not same.take("evaluate T seed 1", usable["evaluate T seed 1"], str(tmp_path / "elsewhere"))
+
+
+def test_records_of_the_whole_package_fingerprint_take_their_steps_fingerprint(tmp_path):
+    """Records made before per-step fingerprints carry the whole package's: where it is this code's,
+    each takes its step's fingerprint (written back); another whole-package value stays stale."""
+    old = make_archive(tmp_path / "archive", code="whole")
+    old.add("train T seed 1", str(tmp_path), [], training={})
+    old.add("train U seed 1", str(tmp_path), [], training={})
+    content = json.loads((tmp_path / "archive" / "archive.json").read_text())
+    content["steps"]["train T seed 1"]["training_code"] = "package-now"
+    content["steps"]["train U seed 1"]["training_code"] = "package-before"
+    (tmp_path / "archive" / "archive.json").write_text(json.dumps(content))
+    upgraded = make_archive(tmp_path / "archive", code="step", earlier_code=lambda: "package-now")
+    assert list(upgraded.usable()) == ["train T seed 1"]
+    steps = json.loads((tmp_path / "archive" / "archive.json").read_text())["steps"]
+    assert steps["train T seed 1"]["training_code"] == "step train T seed 1"
+    assert steps["train U seed 1"]["training_code"] == "package-before"
 
 
 def test_an_archive_of_other_data_or_another_size_is_refused_by_name(tmp_path):
@@ -95,9 +155,10 @@ def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_ar
         monkeypatch.setenv(name, str(tmp_path / name))
     study = study_script.Study(str(tmp_path / "work"), study_script.SIZES["tiny"], ["ModalityDropoutTrainer"], [1],
                                "none", "cpu")
-    old, current = "0" * 64, study.training_code
+    old, current = "0" * 64, study.code_of("train FullModalityTrainer seed 1")
     steps = {"dataset": old, "preprocessing": old, "train ModalityDropoutTrainer seed 1": old,
-             "evaluate ModalityDropoutTrainer seed 1": None, "train FullModalityTrainer seed 1": current}
+             "evaluate ModalityDropoutTrainer seed 1": None, "train FullModalityTrainer seed 1": current,
+             "evaluate FullModalityTrainer seed 1": study.whole_package_code()}  # recorded before per-step codes
     study.state["done"] = {step: "2026-12-01 10:00:00" for step in steps}
     study.state["training_code"] = {step: code for step, code in steps.items() if code is not None}
     study.state["trainings"] = {"ModalityDropoutTrainer seed 1": {"minutes": 1.0},
@@ -105,13 +166,17 @@ def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_ar
     network = os.path.join(study.model_folder("ModalityDropoutTrainer", 1), "fold_0")
     os.makedirs(network)
     study.forget_steps_of_other_code()
-    assert sorted(study.state["done"]) == ["dataset", "preprocessing", "train FullModalityTrainer seed 1"]
+    assert sorted(study.state["done"]) == ["dataset", "evaluate FullModalityTrainer seed 1", "preprocessing",
+                                           "train FullModalityTrainer seed 1"]
     assert list(study.state["trainings"]) == ["FullModalityTrainer seed 1"]
     assert not os.path.exists(network) and os.path.isdir(study.model_folder("ModalityDropoutTrainer", 1) + ".stale")
     with open(tmp_path / "work" / "study.json") as f:
         assert sorted(json.load(f)["done"]) == sorted(study.state["done"])
-    study.mark("evaluate FullModalityTrainer seed 1")  # no archive here: only recorded
-    assert study.state["training_code"]["evaluate FullModalityTrainer seed 1"] == current
+    assert study.state["training_code"]["evaluate FullModalityTrainer seed 1"] == current  # taken over
+    assert study.code_of("evaluate ModalityDropoutTrainer x2 seed ensemble") != current
+    study.mark("evaluate ModalityDropoutTrainer seed 1")  # no archive here: only recorded
+    assert (study.state["training_code"]["evaluate ModalityDropoutTrainer seed 1"]
+            == study.code_of("train ModalityDropoutTrainer seed 1"))
 
 
 def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
