@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from study_archive import (ArchiveMismatch, StudyArchive, TrainingCode, current_commit, dataset_fingerprint,
-                           evaluation_files, training_code_fingerprint)
+                           evaluation_files)
 
 DATASET_ID = 982
 DATASET_NAME = "RobustnessStudy"
@@ -125,7 +125,6 @@ class Study:
             os.makedirs(self.env[name], exist_ok=True)
             os.environ[name] = self.env[name]
         self.training_code = TrainingCode(os.path.join(REPO, "nnunet_missingmod"))
-        self._whole_package_code = None
         self.state = self._load_state()
 
     def _load_state(self) -> dict:
@@ -166,13 +165,6 @@ class Study:
         """The fingerprint of the training code ``step`` runs (docs/study.md)."""
         return self.training_code.fingerprint(self.code_entries(step))
 
-    def whole_package_code(self) -> str:
-        """The fingerprint records carried before they were per step: the whole package's training code.
-        A record with this value was made with the code here, so it takes its step's fingerprint."""
-        if self._whole_package_code is None:
-            self._whole_package_code = training_code_fingerprint(os.path.join(REPO, "nnunet_missingmod"))
-        return self._whole_package_code
-
     def mark(self, step: str, finished: str | None = None) -> None:
         self.state["done"][step] = finished or time.strftime("%Y-%m-%d %H:%M:%S")
         if step not in CODE_FREE_STEPS:
@@ -186,9 +178,6 @@ class Study:
         are done again, and their networks and priors are moved aside (``<folder>.stale``): a number
         in the report must come from the code that ships, here as in the archive."""
         made_with = self.state.setdefault("training_code", {})
-        for step, code in made_with.items():
-            if step not in CODE_FREE_STEPS and code == self.whole_package_code():
-                made_with[step] = self.code_of(step)
         stale = [step for step in self.state["done"]
                  if step not in CODE_FREE_STEPS and made_with.get(step) != self.code_of(step)]
         for step in stale:
@@ -370,8 +359,7 @@ class Study:
                 if k not in ("seeds", "dedicated", "trainers")}
         try:
             self.archive = StudyArchive(self.archive_folder, size, dataset_fingerprint(self.dataset_folder),
-                                        self.code_of, current_commit(REPO), log=log,
-                                        earlier_code=self.whole_package_code)
+                                        self.code_of, current_commit(REPO), log=log)
         except ArchiveMismatch as error:
             sys.exit(str(error))
         taken, archived = [], self.archive.usable()

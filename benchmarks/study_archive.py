@@ -37,8 +37,6 @@ from importlib import metadata
 from typing import Callable, Optional
 
 PACKAGE = "nnunet_missingmod"
-# Code that does not shape a trained network: evaluation and the demo.
-NOT_TRAINING_CODE = ("inference", "demo.py")
 LIBRARIES = ("nnunetv2", "torch", "numpy", "batchgeneratorsv2", "batchgenerators", "dynamic_network_architectures")
 ARCHIVE_FILE = "archive.json"
 EVALUATION_FILES = ("per_case.csv", "summary.json", "heatmap.png")
@@ -61,22 +59,6 @@ def _library_versions(digest) -> None:
         except metadata.PackageNotFoundError:
             version = "absent"
         digest.update(f"{library}=={version}\0".encode())
-
-
-def training_code_fingerprint(package_folder: str) -> str:
-    """SHA-256 of the whole package's training code as syntax trees (a comment, docstring or layout
-    change leaves it unchanged) and of the versions of the libraries that train. The archive's
-    records before per-step fingerprints (``TrainingCode``) carry this one."""
-    digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(package_folder, "**", "*.py"), recursive=True)):
-        relative = os.path.relpath(path, package_folder)
-        if relative.split(os.sep)[0] in NOT_TRAINING_CODE:
-            continue
-        with open(path) as f:
-            tree = _strip_docstrings(ast.parse(f.read(), filename=path))
-        digest.update(relative.encode() + b"\0" + ast.dump(tree).encode() + b"\0")
-    _library_versions(digest)
-    return digest.hexdigest()
 
 
 class TrainingCode:
@@ -255,13 +237,9 @@ class StudyArchive:
     """
 
     def __init__(self, folder: str, size: dict, dataset: str, code_of: Callable[[str], str], commit: Optional[str],
-                 log: Callable[[str], None] = print, earlier_code: Optional[Callable[[], str]] = None):
-        """``code_of(step)``: the fingerprint of the training code the step runs now. ``earlier_code()``:
-        the whole package's fingerprint (``training_code_fingerprint``) that records made before
-        per-step fingerprints carry; such a record matching it was made with the code here, and takes
-        its step's fingerprint."""
+                 log: Callable[[str], None] = print):
+        """``code_of(step)``: the fingerprint of the training code the step runs now (``TrainingCode``)."""
         self.folder, self.size, self.dataset, self.code_of, self.commit = folder, size, dataset, code_of, commit
-        self.earlier_code = earlier_code
         self.log = log
         self.path = os.path.join(folder, ARCHIVE_FILE)
         self.content = {"size": size, "dataset": dataset, "steps": {}}
@@ -279,15 +257,10 @@ class StudyArchive:
 
     def usable(self) -> dict[str, dict]:
         """The archived steps made with the training code they run now: {step: record}."""
-        usable, stale, upgraded = {}, [], False
+        usable, stale = {}, []
         for step, record in self.content["steps"].items():
-            code = self.code_of(step)
-            if record.get("training_code") != code and self.earlier_code is not None \
-                    and record.get("training_code") == self.earlier_code():
-                record["training_code"], upgraded = code, True
-            (usable.__setitem__(step, record) if record.get("training_code") == code else stale.append(step))
-        if upgraded:
-            _write_json(self.path, self.content)
+            (usable.__setitem__(step, record) if record.get("training_code") == self.code_of(step)
+             else stale.append(step))
         if stale:
             self.log(f"archive: {len(stale)} step(s) made with other training code, run again: " + "; ".join(stale))
         return usable

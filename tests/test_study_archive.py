@@ -18,20 +18,6 @@ from conftest import REPO, clean_env, load_script, run
 archive = load_script("study_archive")
 
 
-def test_training_code_fingerprint_ignores_comments_and_docstrings_but_not_code(tmp_path):
-    package = tmp_path / "nnunet_missingmod"
-    shutil.copytree(os.path.join(REPO, "nnunet_missingmod"), package, ignore=shutil.ignore_patterns("__pycache__"))
-    before = archive.training_code_fingerprint(str(package))
-    path = package / "training" / "modality_dropout.py"
-    source = path.read_text()
-    path.write_text('"""Another docstring."""\n# a comment\n' + source.split('"""', 2)[2].lstrip("\n"))
-    assert archive.training_code_fingerprint(str(package)) == before
-    (package / "inference" / "reports.py").write_text("x = 1\n")  # evaluation code does not train
-    assert archive.training_code_fingerprint(str(package)) == before
-    path.write_text(source + "\nEXTRA = 1\n")
-    assert archive.training_code_fingerprint(str(package)) != before
-
-
 def test_a_steps_code_is_its_trainers_modules_and_what_they_import(tmp_path):
     """A change to MAG-MS leaves ModalityDropoutTrainer's fingerprint alone, a change to the base
     trainer they share changes both, a new trainer in the registry changes neither, and MST-KD,
@@ -70,6 +56,11 @@ def test_a_steps_code_is_its_trainers_modules_and_what_they_import(tmp_path):
     shared = edit("training/base.py", "\nEXTRA = 1\n")
     assert all(shared[name] != registered[name] for name in entries)
     assert edit("training/modality_dropout.py", "\n# a comment\n") == shared
+    path = package / "training" / "modality_dropout.py"
+    source = path.read_text()
+    path.write_text('"""Another docstring."""\n' + source.split('"""', 2)[2].lstrip("\n"))
+    assert fingerprints() == shared
+    assert edit("inference/reports.py", "\nEXTRA = 1\n") == shared  # evaluation code trains nothing
     with pytest.raises(KeyError, match="not a module"):
         code.modules(["nnunet_missingmod.training.absent"])
 
@@ -89,9 +80,9 @@ def test_dataset_fingerprint_is_the_data_not_the_files(tmp_path):
     assert archive.dataset_fingerprint(first) != archive.dataset_fingerprint(second)
 
 
-def make_archive(folder, code="code-1", dataset="data-1", size=None, earlier_code=None):
+def make_archive(folder, code="code-1", dataset="data-1", size=None):
     return archive.StudyArchive(str(folder), size or {"epochs": 2}, dataset, lambda step: f"{code} {step}", "abc",
-                                log=lambda m: None, earlier_code=earlier_code)
+                                log=lambda m: None)
 
 
 def test_a_step_travels_with_its_files_and_only_with_the_same_training_code(tmp_path):
@@ -120,23 +111,6 @@ def test_a_step_travels_with_its_files_and_only_with_the_same_training_code(tmp_
     assert not same.take("evaluate T seed 1", usable["evaluate T seed 1"], str(tmp_path / "elsewhere"))
 
 
-def test_records_of_the_whole_package_fingerprint_take_their_steps_fingerprint(tmp_path):
-    """Records made before per-step fingerprints carry the whole package's: where it is this code's,
-    each takes its step's fingerprint (written back); another whole-package value stays stale."""
-    old = make_archive(tmp_path / "archive", code="whole")
-    old.add("train T seed 1", str(tmp_path), [], training={})
-    old.add("train U seed 1", str(tmp_path), [], training={})
-    content = json.loads((tmp_path / "archive" / "archive.json").read_text())
-    content["steps"]["train T seed 1"]["training_code"] = "package-now"
-    content["steps"]["train U seed 1"]["training_code"] = "package-before"
-    (tmp_path / "archive" / "archive.json").write_text(json.dumps(content))
-    upgraded = make_archive(tmp_path / "archive", code="step", earlier_code=lambda: "package-now")
-    assert list(upgraded.usable()) == ["train T seed 1"]
-    steps = json.loads((tmp_path / "archive" / "archive.json").read_text())["steps"]
-    assert steps["train T seed 1"]["training_code"] == "step train T seed 1"
-    assert steps["train U seed 1"]["training_code"] == "package-before"
-
-
 def test_an_archive_of_other_data_or_another_size_is_refused_by_name(tmp_path):
     make_archive(tmp_path / "archive").add("train T seed 1", str(tmp_path), [], training={})
     with pytest.raises(archive.ArchiveMismatch, match="made from other data"):
@@ -158,7 +132,7 @@ def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_ar
     old, current = "0" * 64, study.code_of("train FullModalityTrainer seed 1")
     steps = {"dataset": old, "preprocessing": old, "train ModalityDropoutTrainer seed 1": old,
              "evaluate ModalityDropoutTrainer seed 1": None, "train FullModalityTrainer seed 1": current,
-             "evaluate FullModalityTrainer seed 1": study.whole_package_code()}  # recorded before per-step codes
+             "evaluate FullModalityTrainer seed 1": current}
     study.state["done"] = {step: "2026-12-01 10:00:00" for step in steps}
     study.state["training_code"] = {step: code for step, code in steps.items() if code is not None}
     study.state["trainings"] = {"ModalityDropoutTrainer seed 1": {"minutes": 1.0},
@@ -172,7 +146,7 @@ def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_ar
     assert not os.path.exists(network) and os.path.isdir(study.model_folder("ModalityDropoutTrainer", 1) + ".stale")
     with open(tmp_path / "work" / "study.json") as f:
         assert sorted(json.load(f)["done"]) == sorted(study.state["done"])
-    assert study.state["training_code"]["evaluate FullModalityTrainer seed 1"] == current  # taken over
+    assert study.state["training_code"]["evaluate FullModalityTrainer seed 1"] == current
     assert study.code_of("evaluate ModalityDropoutTrainer x2 seed ensemble") != current
     study.mark("evaluate ModalityDropoutTrainer seed 1")  # no archive here: only recorded
     assert (study.state["training_code"]["evaluate ModalityDropoutTrainer seed 1"]
