@@ -7,8 +7,9 @@ evaluated over every modality subset by ``nnUNetv2_evaluate_missing``. Beside th
 
 - the dedicated ceiling: one nnU-Net per subset (``DedicatedTrainer__<subset>``), each evaluated on
   its own subset, the alternative to one robust model;
-- the ensemble control: ModalityDropoutTrainer's first two seeds averaged at inference (nnU-Net's
-  own logit averaging, ``--ensemble_with``), as many networks as SMML deploys;
+- the ensemble control: ModalityDropoutTrainer's seeds averaged in pairs at inference (nnU-Net's
+  own logit averaging, ``--ensemble_with``), as many networks as SMML deploys, with a spread over
+  the pairs as the methods have one over seeds;
 - pictures of one test case under every subset, per trainer and side by side.
 
 The report (docs/results.md by default) opens with which trainer to use, generated from the
@@ -53,7 +54,7 @@ DATASET_ID = 982
 DATASET_NAME = "RobustnessStudy"
 REFERENCE = "ModalityDropoutTrainer"
 NO_MASKING = "FullModalityTrainer"
-ENSEMBLE = f"{REFERENCE} x2"  # the reference's first two seeds averaged at inference
+ENSEMBLE = f"{REFERENCE} x2"  # two of the reference's seeds averaged at inference (Study.ensemble_pairs)
 CODE_FREE_STEPS = ("dataset", "preprocessing")  # not redone for a training-code change (the archive checks the data)
 PRIORS_STEP = "smml_priors"
 PRIORS_MODULE = "nnunet_missingmod.priors.compute"  # nnUNetv2_smml_priors
@@ -230,8 +231,22 @@ class Study:
                             f"{trainer}__nnUNetPlans__{self.size.configuration}")
 
     def evaluation_folder(self, trainer: str, seed) -> str:
-        return os.path.join(self.work, "evaluation", str(seed) if seed in ("dedicated", "ensemble")
-                            else f"seed_{seed}", trainer.replace(" ", "_"))
+        """``seed``: a number, ``"dedicated"``, or an ensemble's pair of seeds (``"1+2"``)."""
+        kind = ("dedicated" if seed == "dedicated" else f"ensemble_{seed}" if "+" in str(seed) else f"seed_{seed}")
+        return os.path.join(self.work, "evaluation", kind, trainer.replace(" ", "_"))
+
+    @property
+    def ensemble_pairs(self) -> list[tuple[int, int]]:
+        """The reference's seeds paired for the ensemble control: with three or more seeds, each with
+        the next (1+2, 2+3, 3+1), so that every network is in two pairs and the pairs give a spread;
+        with two, the one pair. Pairs that share a network are not independent: the spread over them
+        understates a spread over disjoint pairs, so a verdict against it errs towards "above"."""
+        seeds = self.seeds
+        if len(seeds) < 2:
+            return []
+        if len(seeds) == 2:
+            return [(seeds[0], seeds[1])]
+        return [(seeds[i], seeds[(i + 1) % len(seeds)]) for i in range(len(seeds))]
 
     @property
     def dedicated_subsets(self) -> list[str]:
@@ -325,11 +340,13 @@ class Study:
                 "weights_sha256": weights_digest([checkpoint["network_weights"]])}
 
     def evaluate(self, trainer: str, seed, subsets=None, ensemble_with=None, figures: bool = False) -> None:
+        """Evaluate ``trainer``'s network of ``seed``; with ``ensemble_with`` (another seed) the two
+        networks' logits averaged, recorded as ENSEMBLE of seed ``"<seed>+<ensemble_with>"``."""
         label = trainer if ensemble_with is None else ENSEMBLE
+        model_seed, seed = seed, (seed if ensemble_with is None else f"{seed}+{ensemble_with}")
         step = f"evaluate {label} seed {seed}"
         if self.done(step):
             return
-        model_seed = self.seeds[0] if seed == "ensemble" else seed
         self.train(trainer, model_seed)  # its network, if the training was taken from the archive
         if ensemble_with is not None:
             self.train(trainer, ensemble_with)
@@ -415,8 +432,9 @@ class Study:
                 if not self.done(f"evaluate {trainer} seed {seed}"):
                     self.train(trainer, seed)
                 self.evaluate(trainer, seed, figures=seed == self.seeds[0])
-        if REFERENCE in self.trainers and len(self.seeds) >= 2:
-            self.evaluate(REFERENCE, "ensemble", ensemble_with=self.seeds[1])
+        if REFERENCE in self.trainers:
+            for first, second in self.ensemble_pairs:
+                self.evaluate(REFERENCE, first, ensemble_with=second)
         for subset in self.dedicated_subsets:
             trainer = dedicated_trainer(subset)
             if not self.done(f"evaluate {trainer} seed dedicated"):
@@ -542,6 +560,28 @@ def bar_rows(stats: dict[str, SeedStatistics], methods: list[str]) -> list[str]:
             met &= verdict != "below"
         rows.append(f"| {trainer} | " + " | ".join(cells) + f" | {'yes' if met else '**no**'} |")
     return rows
+
+
+def ensemble_verdicts(stats: dict[str, SeedStatistics], two_networks: list[str]) -> list[str]:
+    """What a two-network method adds beyond ensembling: each against the reference's two-seed
+    ensemble on the bar's regions (a tie within the larger spread), and SMML against its branches
+    trained apart, which isolates mutual learning and the priors from the second network."""
+    lines = []
+    for trainer in two_networks:
+        verdicts = {r: compare(stats[trainer], stats[ENSEMBLE], r) for r in BAR_REGIONS}
+        text = (f"- {trainer} against {ENSEMBLE}: "
+                + ", ".join(f"{r} {d * 100:+.2f} ({v})" for r, (d, v) in verdicts.items()))
+        above = [r for r, (_, v) in verdicts.items() if v == "above"]
+        if trainer == "SMMLTrainer":
+            text += (f": above the ensemble on {' and '.join(above)} by more than the seed spread." if above else
+                     f": not above it by more than the seed spread on {' or '.join(BAR_REGIONS)}; what SMML gains "
+                     f"over {REFERENCE} is what a second network gives.")
+        lines.append(text if text.endswith(".") else text + ".")
+    if {"SMMLTrainer", "SMMLTrainerNoConsistency"} <= set(two_networks):
+        verdicts = {r: compare(stats["SMMLTrainer"], stats["SMMLTrainerNoConsistency"], r) for r in BAR_REGIONS}
+        lines.append("- SMMLTrainer against SMMLTrainerNoConsistency (mutual learning and priors, the networks "
+                     "equal): " + ", ".join(f"{r} {d * 100:+.2f} ({v})" for r, (d, v) in verdicts.items()) + ".")
+    return lines
 
 
 def full_subset_statistics(tables: list[dict], full_subset: str, regions: list[str], short: dict) -> SeedStatistics:
@@ -699,11 +739,12 @@ def write_report(study: Study, report: str, command: str) -> None:
     mean_hd95 = {t: {short[r]: float(np.mean([mean_dice(table, r) for table in hd95[t]])) for r in regions}
                  for t in trainers}
     seed_mean = {t: mean_over_seeds(dice[t]) for t in trainers}
-    ensemble_path = os.path.join(folder(ENSEMBLE, "ensemble"), "per_case.csv")
-    if os.path.isfile(ensemble_path):
-        ensemble = read_per_case(ensemble_path)
-        stats[ENSEMBLE] = SeedStatistics({short[r]: [mean_dice(ensemble, r)] for r in regions})
-        seed_mean[ENSEMBLE] = ensemble
+    pairs = [f"{a}+{b}" for a, b in study.ensemble_pairs
+             if os.path.isfile(os.path.join(folder(ENSEMBLE, f"{a}+{b}"), "per_case.csv"))]  # evaluated so far
+    ensembles = [read_per_case(os.path.join(folder(ENSEMBLE, p), "per_case.csv")) for p in pairs]
+    if ensembles:
+        stats[ENSEMBLE] = SeedStatistics({short[r]: [mean_dice(table, r) for table in ensembles] for r in regions})
+        seed_mean[ENSEMBLE] = mean_over_seeds(ensembles)
     ceiling = {}
     for subset in study.dedicated_subsets:
         path = os.path.join(folder(dedicated_trainer(subset), "dedicated"), "per_case.csv")
@@ -788,8 +829,9 @@ def write_report(study: Study, report: str, command: str) -> None:
                      + " | " + " | ".join(f"{mean_hd95[t][short[r]]:.2f}" for r in regions)
                      + f" | {training_min[t]:.1f} min |")
     if ENSEMBLE in stats:
-        lines.append(f"| {ENSEMBLE} (seeds {seeds[0]} and {seeds[1]}, logits averaged) | "
-                     + " | ".join(f"{stats[ENSEMBLE].mean[short[r]] * 100:.2f}" for r in regions) + " | | | | |")
+        lines.append(f"| {ENSEMBLE} (seed pairs {', '.join(pairs)}, logits averaged; ± over the pairs) | "
+                     + " | ".join(f"{stats[ENSEMBLE].mean[short[r]] * 100:.2f} ± {stats[ENSEMBLE].spread[short[r]] * 100:.2f}"
+                                  for r in regions) + " | | | | |")
     if "priors_s" in study.state:
         lines += ["", f"SMMLTrainer also needs LiteMedSAM's priors, computed once per dataset by `nnUNetv2_smml_priors` "
                   f"before training: {study.state['priors_s'] / 60:.1f} min for the {size.num_train} training cases."]
@@ -860,20 +902,15 @@ def write_report(study: Study, report: str, command: str) -> None:
     if ENSEMBLE in stats:
         rows = [t for t in trainers if t in TWO_NETWORKS]
         lines += ["", "## Two networks: what mutual learning adds beyond ensembling", "",
-                  f"SMML deploys two networks and averages their logits; {ENSEMBLE} is {REFERENCE}'s seeds "
-                  f"{seeds[0]} and {seeds[1]} averaged the same way (nnU-Net's logit averaging); "
-                  "SMMLTrainerNoConsistency is SMML's two branches trained apart, without priors. Mean Dice %.", "",
+                  f"SMML deploys two networks and averages their logits; {ENSEMBLE} is two seeds of {REFERENCE} "
+                  f"averaged the same way (nnU-Net's logit averaging), over the pairs {', '.join(pairs)} (± the spread "
+                  "over the pairs; pairs that share a network understate it); SMMLTrainerNoConsistency is SMML's two "
+                  "branches trained apart, without priors. Mean Dice %, mean ± spread over seeds (pairs).", "",
                   "| Deployed pair | " + " | ".join(short[r] for r in regions) + " |", "|---|" + "---:|" * len(regions)]
         for t in [ENSEMBLE, *rows]:
-            lines.append(f"| {t} | " + " | ".join(f"{stats[t].mean[short[r]] * 100:.2f}" for r in regions) + " |")
-        for t in rows:
-            verdicts = []
-            for r in BAR_REGIONS:
-                difference = stats[t].mean[r] - stats[ENSEMBLE].mean[r]
-                verdict = "tie" if abs(difference) <= stats[t].spread[r] else ("above" if difference > 0 else "below")
-                verdicts.append(f"{r} {difference * 100:+.2f} ({verdict})")
-            lines.append(f"\n{t} against {ENSEMBLE}: " + ", ".join(verdicts) + " (a difference within its seed "
-                         "spread is a tie).")
+            lines.append(f"| {t} | " + " | ".join(f"{stats[t].mean[short[r]] * 100:.2f} ± {stats[t].spread[short[r]] * 100:.2f}"
+                                                    for r in regions) + " |")
+        lines += ["", *ensemble_verdicts(stats, rows)]
 
     shares = loss_term_rows(study, trainers)
     if shares:

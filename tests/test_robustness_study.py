@@ -146,3 +146,28 @@ def test_the_3d_preset_takes_the_2d_studys_best_method_on_tc_and_et_from_its_arc
     (tmp_path / "evaluation" / "seed_2" / "SMMLTrainer" / "per_case.csv").unlink()
     with pytest.raises(FileNotFoundError, match="SMMLTrainer"):
         study.best_method_in_archive(str(tmp_path))
+
+
+@pytest.mark.parametrize("seeds, pairs", [((1,), []), ((1, 2), [(1, 2)]),
+                                          ((1, 2, 3), [(1, 2), (2, 3), (3, 1)])])
+def test_the_ensemble_control_pairs_each_seed_with_the_next(seeds, pairs):
+    """Three seeds give three pairs, every network in two of them: a spread for the ensemble."""
+    bare = study.Study.__new__(study.Study)
+    bare.seeds = list(seeds)
+    assert bare.ensemble_pairs == pairs
+
+
+def test_smml_above_the_ensemble_only_by_more_than_the_larger_spread():
+    ensemble = statistics(TC=(0.78, 0.79, 0.80), ET=(0.70, 0.75, 0.80))  # spreads 0.01, 0.05
+    smml = statistics(TC=(0.815, 0.815, 0.815), ET=(0.78, 0.78, 0.78))  # TC +0.025, ET +0.03, no spread of its own
+    apart = statistics(TC=(0.795, 0.795, 0.795), ET=(0.78, 0.78, 0.78))
+    stats = {study.ENSEMBLE: ensemble, "SMMLTrainer": smml, "SMMLTrainerNoConsistency": apart}
+    lines = study.ensemble_verdicts(stats, ["SMMLTrainer", "SMMLTrainerNoConsistency"])
+    assert lines[0].startswith("- SMMLTrainer against ModalityDropoutTrainer x2: TC +2.50 (above), ET +3.00 (tie)")
+    assert lines[0].endswith("above the ensemble on TC by more than the seed spread.")
+    assert lines[1] == "- SMMLTrainerNoConsistency against ModalityDropoutTrainer x2: TC +0.50 (tie), ET +3.00 (tie)."
+    assert lines[2].endswith("TC +2.00 (above), ET +0.00 (tie).")
+    # The ensemble's ET spread alone makes SMML's +3 ET a tie; within TC's spread too, the gain is the ensemble's.
+    stats["SMMLTrainer"] = statistics(TC=(0.795, 0.795, 0.795), ET=(0.78, 0.78, 0.78))
+    lines = study.ensemble_verdicts(stats, ["SMMLTrainer"])
+    assert "not above it by more than the seed spread on TC or ET" in lines[0]
