@@ -171,3 +171,23 @@ def test_smml_above_the_ensemble_only_by_more_than_the_larger_spread():
     stats["SMMLTrainer"] = statistics(TC=(0.795, 0.795, 0.795), ET=(0.78, 0.78, 0.78))
     lines = study.ensemble_verdicts(stats, ["SMMLTrainer"])
     assert "not above it by more than the seed spread on TC or ET" in lines[0]
+
+
+def test_which_trainer_says_when_a_two_network_lead_is_the_ensembles():
+    """The best TC is a two-network trainer that MD x2 ties: the line says so and names the best
+    one-network trainer; a one-network best gets neither."""
+    stats = {"ModalityDropoutTrainer": statistics(TC=(0.74, 0.76, 0.78), WT=(0.70, 0.70, 0.70)),
+             study.ENSEMBLE: statistics(TC=(0.74, 0.77, 0.80), WT=(0.72, 0.72, 0.72)),
+             "SMMLTrainer": statistics(TC=(0.79, 0.79, 0.79), WT=(0.71, 0.71, 0.71)),
+             "MSTKDTrainer": statistics(TC=(0.78, 0.78, 0.78), WT=(0.75, 0.75, 0.75))}
+    contenders = ["ModalityDropoutTrainer", "SMMLTrainer", "MSTKDTrainer"]
+    tc = study.which_trainer_line("TC", stats, contenders, {"SMMLTrainer": 2.18}, lambda t, r: 0.25)
+    assert tc.startswith("- **TC**: best mean Dice SMMLTrainer (79.00 ± 0.00 over seeds), +3.00 points against "
+                         "ModalityDropoutTrainer: more than the seed spread; closes 25 % of")
+    assert "trains at 2.18x" in tc
+    assert "(ModalityDropoutTrainer x2) are -2.00 against it: a tie, so its lead is what a second network gives" in tc
+    assert tc.endswith("the best with one network is MSTKDTrainer (78.00 ± 0.00, +2.00 against "
+                       "ModalityDropoutTrainer: a tie).")
+    wt = study.which_trainer_line("WT", stats, contenders, {}, None)
+    assert wt == ("- **WT**: best mean Dice MSTKDTrainer (75.00 ± 0.00 over seeds), +5.00 points against "
+                  "ModalityDropoutTrainer: more than the seed spread.")
