@@ -191,3 +191,20 @@ def test_which_trainer_says_when_a_two_network_lead_is_the_ensembles():
     wt = study.which_trainer_line("WT", stats, contenders, {}, None)
     assert wt == ("- **WT**: best mean Dice MSTKDTrainer (75.00 ± 0.00 over seeds), +5.00 points against "
                   "ModalityDropoutTrainer: more than the seed spread.")
+
+
+def test_a_partial_report_lists_the_evaluations_still_to_run(tmp_path):
+    """Seeds, the ensemble pairs and the dedicated models the full command would evaluate."""
+    bare = study.Study.__new__(study.Study)
+    bare.seeds, bare.trainers = [1, 2], ["ModalityDropoutTrainer", "SMMLTrainer"]
+    bare.dedicated_kind, bare.env = "singles", {"nnUNet_raw": str(tmp_path)}
+    folder = tmp_path / f"Dataset{study.DATASET_ID}_{study.DATASET_NAME}"
+    folder.mkdir()
+    (folder / "dataset.json").write_text('{"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, '
+                                         '"tumor": 1}, "numTraining": 1, "file_ending": ".nii.gz"}')
+    done = ["evaluate ModalityDropoutTrainer seed 1", "evaluate SMMLTrainer seed 1",
+            "evaluate ModalityDropoutTrainer seed 2", "evaluate DedicatedTrainer__T1 seed dedicated"]
+    bare.state = {"done": dict.fromkeys(done, "now")}
+    assert bare.pending_steps() == ["evaluate SMMLTrainer seed 2", "evaluate ModalityDropoutTrainer x2 seed 1+2",
+                                    "evaluate DedicatedTrainer__T2 seed dedicated",
+                                    "evaluate DedicatedTrainer__T1_T2 seed dedicated"]
