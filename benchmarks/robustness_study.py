@@ -747,8 +747,9 @@ def provenance(study: Study) -> str:
     repeats = [r["training"]["repeats_archived_weights"] for r in steps.values()
                if "repeats_archived_weights" in r.get("training", {})]
     resumed = [step for step, r in steps.items() if r.get("training", {}).get("resumed")]
-    text = (f"The {len(steps)} steps (trainings, evaluations, priors) were run between {dates[0]} and {dates[-1]}, "
-            f"possibly on several machines, and carried between them by the study's archive "
+    text = (f"The {len(steps)} steps (trainings, evaluations, priors) were run "
+            + (f"on {dates[0]}, " if dates[0] == dates[-1] else f"between {dates[0]} and {dates[-1]}, ")
+            + f"possibly on several machines, and carried between them by the study's archive "
             f"(`{os.path.relpath(study.archive.folder, REPO)}`, docs/study.md), at commit{'s' if len(commits) > 1 else ''} "
             f"{', '.join(commits)}, all with the same data (fingerprint {study.archive.dataset[:12]}) and each with "
             "the training code its trainer has at this commit (per-step fingerprints in archive.json).")
