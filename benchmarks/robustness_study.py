@@ -68,6 +68,7 @@ TWO_NETWORKS = {"SMMLTrainer", "SMMLTrainerNoPriors", "SMMLTrainerNoConsistency"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISCUSSION = "results-discussion.md"  # the hand-written reading of the report, next to it
 COSTS = os.path.join(REPO, "benchmarks", "results", "methods_cpu.json")  # benchmark_methods.py --save
+ARCHIVE_2D = os.path.join(REPO, "benchmarks", "results", "study_cpu")  # the default study, which 3d is checked against
 
 
 @dataclass(frozen=True)
@@ -655,31 +656,65 @@ def costs() -> dict:
     return {name: r["iteration_time"] for name, r in results.get("ratios", {}).items()}
 
 
+def archive_statistics(archive_folder: str, trainers) -> dict[str, SeedStatistics]:
+    """Each trainer's mean Dice per region (short names) in a study's archive, over the seeds that
+    every one of ``trainers`` has: the numbers another study is compared with."""
+    from nnunet_missingmod.inference.metrics import short_region_name
+
+    def evaluated_seeds(trainer):
+        pattern = os.path.join(archive_folder, "evaluation", "seed_*", trainer, "per_case.csv")
+        return {os.path.basename(os.path.dirname(os.path.dirname(path))) for path in glob.glob(pattern)}
+
+    seeds = set.intersection(*(evaluated_seeds(t) for t in trainers))
+    if not seeds:
+        missing = [t for t in trainers if not evaluated_seeds(t)]
+        raise FileNotFoundError(f"{archive_folder} has no seed evaluated for every trainer of the 2d study "
+                                f"(none for {', '.join(missing) or 'a common seed'}); finish that study first "
+                                f"or name the trainers with --trainers")
+    statistics = {}
+    for trainer in trainers:
+        tables = [read_per_case(os.path.join(archive_folder, "evaluation", seed, trainer, "per_case.csv"))
+                  for seed in sorted(seeds)]
+        regions = sorted({r for _, _, r in tables[0]})
+        statistics[trainer] = SeedStatistics({short_region_name(r): [mean_dice(table, r) for table in tables]
+                                              for r in regions})
+    return statistics
+
+
 def best_method_in_archive(archive_folder: str, methods=tuple(METHODS)) -> tuple[str, dict[str, float]]:
     """The method with the highest mean of TC and ET Dice (the bar's regions), mean over the seeds that
     every method has in a study's archive, and each method's score. The 3D preset trains this one,
     so that it tests the 2d study's ranking rather than a guess of it."""
-    from nnunet_missingmod.inference.metrics import short_region_name
-
-    def evaluated_seeds(method):
-        pattern = os.path.join(archive_folder, "evaluation", "seed_*", method, "per_case.csv")
-        return {os.path.basename(os.path.dirname(os.path.dirname(path))) for path in glob.glob(pattern)}
-
-    seeds = set.intersection(*(evaluated_seeds(m) for m in methods))
-    if not seeds:
-        missing = [m for m in methods if not evaluated_seeds(m)]
-        raise FileNotFoundError(f"{archive_folder} has no seed evaluated for every method of the 2d study "
-                                f"(none for {', '.join(missing) or 'a common seed'}); finish that study first "
-                                f"or name the trainers with --trainers")
-    scores = {}
-    for method in methods:
-        values = []
-        for seed in sorted(seeds):
-            table = read_per_case(os.path.join(archive_folder, "evaluation", seed, method, "per_case.csv"))
-            names = {short_region_name(r): r for _, _, r in table}
-            values.append(np.mean([mean_dice(table, names[r]) for r in BAR_REGIONS]))
-        scores[method] = float(np.mean(values))
+    statistics = archive_statistics(archive_folder, list(methods))
+    scores = {m: float(np.mean([statistics[m].mean[r] for r in BAR_REGIONS])) for m in methods}
     return max(scores, key=scores.get), scores
+
+
+def ranking_against(stats: dict[str, SeedStatistics], other: dict[str, SeedStatistics], best: str) -> list[str]:
+    """Markdown: each trainer against the reference here and in another study (the 2d one), and
+    whether the best method and the reference are ranked alike on the bar's regions: the same sign
+    of the difference of seed means (the verdicts beside it say whether each is beyond the spread)."""
+    trainers = [t for t in stats if t in other and t != REFERENCE and t != ENSEMBLE]
+    lines = ["| Trainer | " + " | ".join(f"{r} vs {REFERENCE}, 2d | {r} vs {REFERENCE}, here" for r in BAR_REGIONS)
+             + " |", "|---|" + "---:|" * (2 * len(BAR_REGIONS))]
+    for t in trainers:
+        cells = []
+        for r in BAR_REGIONS:
+            for table in (other, stats):
+                difference, verdict = compare(table[t], table[REFERENCE], r)
+                cells.append(f"{difference * 100:+.2f} ({verdict})")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    if best in trainers:
+        alike = {r: np.sign(compare(stats[best], stats[REFERENCE], r)[0])
+                 == np.sign(compare(other[best], other[REFERENCE], r)[0]) for r in BAR_REGIONS}
+        same = [r for r, a in alike.items() if a]
+        lines += ["", f"{best} and {REFERENCE} are ranked as in the 2d study on "
+                  + (" and ".join(same) if same else "neither region")
+                  + ("" if len(same) == len(BAR_REGIONS) else
+                     f", otherwise on {' and '.join(r for r in BAR_REGIONS if r not in same)}")
+                  + f": {'meets' if len(same) == len(BAR_REGIONS) else 'misses'} the bar (the same order of the "
+                  "seed means on " + " and ".join(BAR_REGIONS) + ")."]
+    return lines
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -793,7 +828,9 @@ def write_report(study: Study, report: str, command: str) -> None:
             ceiling.update(read_per_case(path))
     methods = [t for t in trainers if t not in (REFERENCE, NO_MASKING)]
     cost = costs()
-    figures_folder = os.path.join(os.path.dirname(os.path.abspath(report)), "results")
+    # The figures go next to the report, in a folder named after it (results.md: results/).
+    figures = os.path.splitext(os.path.basename(report))[0]
+    figures_folder = os.path.join(os.path.dirname(os.path.abspath(report)), figures)
     os.makedirs(figures_folder, exist_ok=True)
     training_min = {t: np.mean([training_minutes(study, t, s) for s in seeds]) for t in trainers}
 
@@ -889,6 +926,19 @@ def write_report(study: Study, report: str, command: str) -> None:
                       + f" of {REFERENCE}'s gap to the dedicated ceiling: {'meets' if met else 'misses'} the bar of "
                       f"{CEILING_SHARE:.0%}."]
 
+    # the 2d ranking, checked in another configuration
+    if size.configuration != "2d" and REFERENCE in trainers and methods:
+        lines += ["", "## Against the 2d study", ""]
+        try:
+            best_2d = best_method_in_archive(ARCHIVE_2D)[0]
+            lines += [f"Each trainer against {REFERENCE} (difference of the seed means, Dice points; tie within the "
+                      f"larger seed spread) in the 2d study (`{os.path.relpath(ARCHIVE_2D, REPO)}`, docs/results.md; "
+                      f"the seeds every trainer below has there) and here, in `{size.configuration}`. The 2d study's "
+                      f"best method on {' and '.join(BAR_REGIONS)} is {best_2d}.", "",
+                      *ranking_against(stats, archive_statistics(ARCHIVE_2D, trainers), best_2d)]
+        except FileNotFoundError as error:
+            lines.append(f"Not compared: {error}.")
+
     # paired comparison
     if REFERENCE in trainers:
         lines += ["", f"## Paired comparison with {REFERENCE}", "",
@@ -961,20 +1011,20 @@ def write_report(study: Study, report: str, command: str) -> None:
     compared = comparison_figure(study, trainers, os.path.join(figures_folder, "comparison.png"))
     if compared:
         lines += ["Every trainer (rows) on the first test case under every subset (columns); edema green, "
-                  "necrosis red, enhancing tumour yellow:", "", "![every trainer](results/comparison.png)", ""]
+                  "necrosis red, enhancing tumour yellow:", "", f"![every trainer]({figures}/comparison.png)", ""]
     for t in trainers:
         source = os.path.join(folder(t, seeds[0]), "figures")
         if os.path.isdir(source) and os.listdir(source):
             shutil.copy(os.path.join(source, sorted(os.listdir(source))[0]), os.path.join(figures_folder, f"{t}_case.png"))
             lines += [f"<details><summary>{t}: the modalities, the reference and every subset</summary>", "",
-                      f"![{t}](results/{t}_case.png)", "", "</details>", ""]
+                      f"![{t}]({figures}/{t}_case.png)", "", "</details>", ""]
 
     lines += ["## Per subset", "", "Mean over the seeds of each case's Dice and HD95, then the evaluation's table; "
               f"heat map of seed {seeds[0]}.", ""]
     for t in trainers:
         shutil.copy(os.path.join(folder(t, seeds[0]), "heatmap.png"), os.path.join(figures_folder, f"{t}.png"))
         lines += [f"### {t}", "", per_subset_table(dice[t], hd95[t], subsets, regions), "",
-                  f"![{t}](results/{t}.png)", ""]
+                  f"![{t}]({figures}/{t}.png)", ""]
 
     lines += ["## The data: contrast of each compartment in each modality", "",
               "Contrast-to-noise ratio of each compartment against the surrounding tissue, per modality "
@@ -1014,12 +1064,11 @@ def main() -> None:
         size = Size(**{**asdict(size), **custom})
     trainers = list(args.trainers or size.trainers)
     if BEST_2D in trainers:
-        archive_2d = os.path.join(REPO, "benchmarks", "results", "study_cpu")
         try:
-            best, scores = best_method_in_archive(archive_2d)
+            best, scores = best_method_in_archive(ARCHIVE_2D)
         except FileNotFoundError as error:
             parser.error(f"--size {args.size} trains the 2d study's best method: {error}")
-        log(f"the 2d study's best method on mean {' and '.join(BAR_REGIONS)} Dice ({archive_2d}): {best} ("
+        log(f"the 2d study's best method on mean {' and '.join(BAR_REGIONS)} Dice ({ARCHIVE_2D}): {best} ("
             + ", ".join(f"{m} {v * 100:.2f}" for m, v in scores.items()) + ")")
         trainers = [best if t == BEST_2D else t for t in trainers]
     if REFERENCE not in trainers:

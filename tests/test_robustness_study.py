@@ -148,6 +148,41 @@ def test_the_3d_preset_takes_the_2d_studys_best_method_on_tc_and_et_from_its_arc
         study.best_method_in_archive(str(tmp_path))
 
 
+def test_the_3d_report_says_whether_the_best_method_and_the_reference_rank_as_in_2d():
+    """The same sign of the seed-mean difference on TC and ET meets the bar, a tie included; the
+    verdicts show whether each difference is beyond the spread."""
+    two_d = {"ModalityDropoutTrainer": statistics(TC=(0.75, 0.77), ET=(0.71, 0.75)),
+             "SMMLTrainer": statistics(TC=(0.79, 0.79), ET=(0.74, 0.76)),
+             "FullModalityTrainer": statistics(TC=(0.40, 0.40), ET=(0.40, 0.40))}
+    here = {"ModalityDropoutTrainer": statistics(TC=(0.60, 0.62), ET=(0.50, 0.56)),
+            "SMMLTrainer": statistics(TC=(0.615, 0.615), ET=(0.54, 0.55)),  # TC +0.5, ET +1.5: ties
+            "FullModalityTrainer": statistics(TC=(0.30, 0.30), ET=(0.20, 0.20))}
+    lines = study.ranking_against(here, two_d, "SMMLTrainer")
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert rows["SMMLTrainer"] == "| SMMLTrainer | +3.00 (above) | +0.50 (tie) | +2.00 (tie) | +1.50 (tie) |"
+    assert rows["FullModalityTrainer"].startswith("| FullModalityTrainer | -36.00 (below) | -31.00 (below) |")
+    assert "ModalityDropoutTrainer" not in rows
+    assert lines[-1].startswith("SMMLTrainer and ModalityDropoutTrainer are ranked as in the 2d study on TC and ET: "
+                                "meets the bar")
+    here["SMMLTrainer"] = statistics(TC=(0.615, 0.615), ET=(0.51, 0.52))  # ET -1.5: a tie, but the order flips
+    last = study.ranking_against(here, two_d, "SMMLTrainer")[-1]
+    assert last.startswith("SMMLTrainer and ModalityDropoutTrainer are ranked as in the 2d study on TC, "
+                           "otherwise on ET: misses the bar")
+
+
+def test_archive_statistics_take_the_seeds_every_trainer_has(tmp_path):
+    for seed, trainer, value in ((1, "A", 0.5), (2, "A", 0.7), (3, "A", 0.0), (1, "B", 0.4), (2, "B", 0.6)):
+        folder = tmp_path / "evaluation" / f"seed_{seed}" / trainer
+        folder.mkdir(parents=True)
+        (folder / "per_case.csv").write_text("case,subset,region,dice,hd95\n"
+                                             f"c1,T1,tumor_core,{value},1.0\nc1,T2,tumor_core,{value},1.0\n")
+    stats = study.archive_statistics(str(tmp_path), ["A", "B"])
+    assert stats["A"].per_seed == {"TC": pytest.approx([0.5, 0.7])}  # seed 3: B has none
+    assert stats["B"].mean["TC"] == pytest.approx(0.5)
+    with pytest.raises(FileNotFoundError, match="none for C"):
+        study.archive_statistics(str(tmp_path), ["A", "C"])
+
+
 @pytest.mark.parametrize("seeds, pairs", [((1,), []), ((1, 2), [(1, 2)]),
                                           ((1, 2, 3), [(1, 2), (2, 3), (3, 1)])])
 def test_the_ensemble_control_pairs_each_seed_with_the_next(seeds, pairs):
