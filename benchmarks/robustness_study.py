@@ -593,6 +593,16 @@ def ensemble_verdicts(stats: dict[str, SeedStatistics], two_networks: list[str])
     return lines
 
 
+def ensemble_statistics(pairs: SeedStatistics, reference: SeedStatistics) -> tuple[SeedStatistics, str]:
+    """The ensemble control's statistics over its seed pairs, and what its ± means. One pair has no
+    spread of its own: its networks' spread over seeds (the reference's) stands in, so that a single
+    pair is not taken for an exact number in the verdicts."""
+    if len(next(iter(pairs.per_seed.values()))) > 1:
+        return pairs, "± the spread over the pairs; pairs that share a network understate it"
+    pairs.spread = dict(reference.spread)
+    return pairs, f"one pair, so ± {REFERENCE}'s spread over seeds"
+
+
 def which_trainer_line(region: str, stats: dict[str, SeedStatistics], contenders: list[str], cost: dict,
                        share_of=None) -> str:
     """The report's answer for one region: the best seed mean, its lead over the reference against
@@ -819,7 +829,8 @@ def write_report(study: Study, report: str, command: str) -> None:
              if os.path.isfile(os.path.join(folder(ENSEMBLE, f"{a}+{b}"), "per_case.csv"))]  # evaluated so far
     ensembles = [read_per_case(os.path.join(folder(ENSEMBLE, p), "per_case.csv")) for p in pairs]
     if ensembles:
-        stats[ENSEMBLE] = SeedStatistics({short[r]: [mean_dice(table, r) for table in ensembles] for r in regions})
+        stats[ENSEMBLE], ensemble_spread = ensemble_statistics(
+            SeedStatistics({short[r]: [mean_dice(table, r) for table in ensembles] for r in regions}), stats[REFERENCE])
         seed_mean[ENSEMBLE] = mean_over_seeds(ensembles)
     ceiling = {}
     for subset in study.dedicated_subsets:
@@ -901,7 +912,7 @@ def write_report(study: Study, report: str, command: str) -> None:
                      + " | " + " | ".join(f"{mean_hd95[t][short[r]]:.2f}" for r in regions)
                      + f" | {training_min[t]:.1f} min |")
     if ENSEMBLE in stats:
-        lines.append(f"| {ENSEMBLE} (seed pairs {', '.join(pairs)}, logits averaged; ± over the pairs) | "
+        lines.append(f"| {ENSEMBLE} (seed pairs {', '.join(pairs)}, logits averaged; {ensemble_spread}) | "
                      + " | ".join(f"{stats[ENSEMBLE].mean[short[r]] * 100:.2f} ± {stats[ENSEMBLE].spread[short[r]] * 100:.2f}"
                                   for r in regions) + " | | | | |")
     if "priors_s" in study.state:
@@ -988,9 +999,10 @@ def write_report(study: Study, report: str, command: str) -> None:
         rows = [t for t in trainers if t in TWO_NETWORKS]
         lines += ["", "## Two networks: what mutual learning adds beyond ensembling", "",
                   f"SMML deploys two networks and averages their logits; {ENSEMBLE} is two seeds of {REFERENCE} "
-                  f"averaged the same way (nnU-Net's logit averaging), over the pairs {', '.join(pairs)} (± the spread "
-                  "over the pairs; pairs that share a network understate it); SMMLTrainerNoConsistency is SMML's two "
-                  "branches trained apart, without priors. Mean Dice %, mean ± spread over seeds (pairs).", "",
+                  f"averaged the same way (nnU-Net's logit averaging), over the pairs {', '.join(pairs)} ({ensemble_spread})"
+                  + ("; SMMLTrainerNoConsistency is SMML's two branches trained apart, without priors"
+                     if "SMMLTrainerNoConsistency" in rows else "")
+                  + ". Mean Dice %, mean ± spread over seeds (pairs).", "",
                   "| Deployed pair | " + " | ".join(short[r] for r in regions) + " |", "|---|" + "---:|" * len(regions)]
         for t in [ENSEMBLE, *rows]:
             lines.append(f"| {t} | " + " | ".join(f"{stats[t].mean[short[r]] * 100:.2f} ± {stats[t].spread[short[r]] * 100:.2f}"

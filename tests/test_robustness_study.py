@@ -208,6 +208,17 @@ def test_smml_above_the_ensemble_only_by_more_than_the_larger_spread():
     assert "not above it by more than the seed spread on TC or ET" in lines[0]
 
 
+def test_one_ensemble_pair_takes_the_references_seed_spread():
+    """A single pair (two seeds) is not an exact number: SMML 0.77 above it is a tie within MD's
+    spread; three pairs keep their own spread."""
+    reference = statistics(TC=(0.34, 0.37))
+    one, label = study.ensemble_statistics(statistics(TC=(0.36,)), reference)
+    assert one.spread["TC"] == pytest.approx(reference.spread["TC"]) and "one pair" in label
+    assert study.compare(statistics(TC=(0.357, 0.357)), one, "TC")[1] == "tie"
+    three, label = study.ensemble_statistics(statistics(TC=(0.36, 0.37, 0.38)), reference)
+    assert three.spread["TC"] == pytest.approx(0.01) and "over the pairs" in label
+
+
 def test_which_trainer_says_when_a_two_network_lead_is_the_ensembles():
     """The best TC is a two-network trainer that MD x2 ties: the line says so and names the best
     one-network trainer; a one-network best gets neither."""
