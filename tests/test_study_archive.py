@@ -162,7 +162,8 @@ def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
                  "--iterations", "4", "--archive", str(tmp_path / "archive")]
     env = clean_env({}, nnUNet_n_proc_DA="1")
     script = os.path.join(REPO, "benchmarks", "robustness_study.py")
-    run([sys.executable, script, "--work", tmp_path / "first", "--report", tmp_path / "first.md", *arguments], env)
+    run([sys.executable, script, "--work", tmp_path / "first", "--report", tmp_path / "first" / "results.md",
+         *arguments], env)
     with open(tmp_path / "archive" / "archive.json") as f:
         content = json.load(f)
     steps = ["train ModalityDropoutTrainer seed 1", "evaluate ModalityDropoutTrainer seed 1"]
@@ -172,14 +173,15 @@ def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
     with open(tmp_path / "archive" / "archive.json", "w") as f:
         json.dump(content, f)
 
-    second = run([sys.executable, script, "--work", tmp_path / "second", "--report", tmp_path / "second.md",
-                  *arguments], env).stdout
+    second = run([sys.executable, script, "--work", tmp_path / "second", "--report",
+                  tmp_path / "second" / "results.md", *arguments], env).stdout
     assert "took 1 finished step(s)" in second
     assert "trained again: the same weights as the archived training" in second, second
     evaluation = os.path.join("evaluation", "seed_1", "ModalityDropoutTrainer")
     assert ((tmp_path / "first" / evaluation / "per_case.csv").read_text()
             == (tmp_path / "second" / evaluation / "per_case.csv").read_text())
-    tables = [(tmp_path / name).read_text().split("\n## ", 1)[1] for name in ("first.md", "second.md")]
+    # The same report name in both, so that its figure folder (results/) is named alike.
+    tables = [(tmp_path / name / "results.md").read_text().split("\n## ", 1)[1] for name in ("first", "second")]
     assert tables[0] == tables[1]
     with open(tmp_path / "archive" / "archive.json") as f:
         content = json.load(f)
