@@ -13,7 +13,9 @@
 - atomic checkpoint writes (a crash while saving never leaves a truncated checkpoint);
 - seeded, repeatable training on request (``nnUNet_missingmod_seed`` or a ``seed`` attribute;
   :mod:`nnunet_missingmod.training.seeding`);
-- a training length that tests and demos can shorten through environment variables.
+- a training length that tests and demos can shorten through environment variables;
+- nnU-Net's CUDA path (compile, fp16 autocast, GradScaler) on the CPU on request, and the compile
+  backend of every compiled module (:mod:`nnunet_missingmod.training.cuda_path`).
 
 ``self.network`` is always the network that ``nnUNetv2_predict`` deploys: nnU-Net writes it to
 ``network_weights``. nnU-Net's train loop is kept; only its hooks and ``train_step`` are
@@ -32,11 +34,12 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_missingmod.masking import ModalityMaskingTransform
+from nnunet_missingmod.training import cuda_path
 from nnunet_missingmod.modalities import Modalities
 from nnunet_missingmod.training.data_loader import ModalityMaskDataLoader
 from nnunet_missingmod.training.loss_monitor import CLIPPED_PREFIX, GRADIENT_NORM_PREFIX, LossTermMonitor
@@ -109,6 +112,8 @@ class MissingModalityTrainer(nnUNetTrainer):
                 f"dataset {self.plans_manager.dataset_name} has only {list(self.modalities.names)} "
                 f"(dataset.json channel_names). Train it with nnUNetTrainer instead.")
         self.auxiliaries: dict[str, Auxiliary] = {}
+        if cuda_path.emulated(self.device):
+            self.grad_scaler = cuda_path.grad_scaler(self.device)
         environment_seed = seed_from_environment()
         self.seed = environment_seed if environment_seed is not None else type(self).seed
         self.loss_monitor = LossTermMonitor(self.loss_monitor_budget)
@@ -133,6 +138,11 @@ class MissingModalityTrainer(nnUNetTrainer):
                                f"{self.subset_sampling if self.mask_modalities else 'off'}")
         self.print_to_log_file(f"seed: {self.seed} ({SEED_VARIABLE} or the trainer's seed attribute)"
                                if self.seed is not None else f"not seeded (set {SEED_VARIABLE} to repeat a run)")
+        if cuda_path.emulated(self.device):
+            self.print_to_log_file(f"{cuda_path.CUDA_PATH_VARIABLE}: nnU-Net's CUDA path on the CPU (fp16 autocast, "
+                                   f"GradScaler, compile: {self._do_i_compile()})")
+        if self._do_i_compile():
+            self.print_to_log_file(f"torch.compile backend: {cuda_path.compile_backend()}")
         super().on_train_start()
 
     # --- data ----------------------------------------------------------------------------------
@@ -165,6 +175,35 @@ class MissingModalityTrainer(nnUNetTrainer):
         if self.seed is not None and not self.was_initialized:  # before any network is built
             seed_everything(derived_seed(self.seed, self.rank))
         super().initialize()
+        if self._do_i_compile():
+            self._compile_with_chosen_backend()
+
+    # --- the CUDA path -------------------------------------------------------------------------
+
+    def _do_i_compile(self) -> bool:
+        """nnU-Net's rule, and on the emulated CUDA path nnU-Net's rule for CUDA."""
+        if cuda_path.emulated(self.device):
+            return cuda_path.compile_requested()
+        return super()._do_i_compile()
+
+    def compile_module(self, module: nn.Module) -> nn.Module:
+        """Compile ``module``'s forward in place with the chosen backend (parameter names, and so
+        checkpoints, unchanged); for modules the trainer compiles itself, such as a teacher."""
+        module.compile(backend=cuda_path.compile_backend())
+        return module
+
+    def _compile_with_chosen_backend(self) -> None:
+        """nnU-Net compiled the network and its Dice loss with the default backend (inductor); the
+        compilation is lazy, so wrapping the same modules again with another backend costs nothing."""
+        backend = cuda_path.compile_backend()
+        if backend == cuda_path.DEFAULT_BACKEND:
+            return
+        holder, name = (self.network, "module") if isinstance(self.network, DDP) else (self, "network")
+        if isinstance(getattr(holder, name), OptimizedModule):
+            setattr(holder, name, torch.compile(getattr(holder, name)._orig_mod, backend=backend))
+        losses = self.loss.loss if hasattr(self.loss, "loss") else self.loss  # inside the deep supervision wrapper
+        if isinstance(getattr(losses, "dc", None), OptimizedModule):
+            losses.dc = torch.compile(losses.dc._orig_mod, backend=backend)
 
     def get_dataloaders(self):
         """nnU-Net's loaders, of ``data_loader_class()``; seeded ones draw their own stream per rank
@@ -224,8 +263,15 @@ class MissingModalityTrainer(nnUNetTrainer):
         return [self.optimizer] + [aux.optimizer for aux in self.auxiliaries.values() if aux.optimizer is not None]
 
     def autocast(self):
-        """nnU-Net's mixed precision: autocast on CUDA, full precision elsewhere."""
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+        """nnU-Net's mixed precision: fp16 autocast on the CUDA path (real or emulated), full
+        precision elsewhere."""
+        context = cuda_path.autocast_context(self.device)
+        return dummy_context() if context is None else context
+
+    def validation_step(self, batch: dict) -> dict:
+        """nnU-Net's, under the same autocast as training (on CUDA the same as nnU-Net's own)."""
+        with self.autocast():
+            return super().validation_step(batch)
 
     def batch_to_device(self, batch: dict) -> dict:
         """Every tensor of the batch (and of its lists, such as deep-supervision targets) on the device."""
@@ -252,13 +298,15 @@ class MissingModalityTrainer(nnUNetTrainer):
         loss = sum(terms.values())
 
         scaler, sample = self.grad_scaler, self.loss_monitor.sample_due
-        (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=sample)
+        compiled = self._do_i_compile()  # a compiled graph is differentiated once: sampling recomputes it
+        (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=sample and not compiled)
         if scaler is not None:
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
         sampling = time.perf_counter()
         if sample:
-            self.loss_monitor.sample(terms, self.network.parameters(), 1.0 if scaler is None else scaler.get_scale())
+            self.loss_monitor.sample(terms, self.network.parameters(), 1.0 if scaler is None else scaler.get_scale(),
+                                     recompute=self._recompute_loss_terms(batch) if compiled else None)
         sampling = time.perf_counter() - sampling
         norms = {name: torch.nn.utils.clip_grad_norm_(parameters, self.gradient_clip)
                  for name, parameters in self.clip_groups().items()}
@@ -278,6 +326,12 @@ class MissingModalityTrainer(nnUNetTrainer):
             result[CLIPPED_PREFIX + name] = float(norm > self.gradient_clip)
         self.loss_monitor.add_training_time(time.perf_counter() - start - sampling)
         return result
+
+    def _recompute_loss_terms(self, batch: dict):
+        def recompute():
+            with self.autocast():
+                return self.loss_terms(batch)
+        return recompute
 
     # --- epochs --------------------------------------------------------------------------------
 

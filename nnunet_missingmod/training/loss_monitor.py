@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -56,10 +56,15 @@ class LossTermMonitor:
     # --- the sampled step ----------------------------------------------------------------------
 
     def sample(self, terms: dict[str, torch.Tensor], parameters: Iterable[torch.nn.Parameter],
-               scale: float = 1.0) -> Optional[dict]:
+               scale: float = 1.0, recompute: Optional[Callable[[], dict[str, torch.Tensor]]] = None) -> Optional[dict]:
         """Each term's gradient norm and share on ``parameters``, whose ``.grad`` holds the step's
         (unscaled) gradient. ``terms`` must still have their graph; ``scale`` multiplies each term
-        before differentiation (a GradScaler's scale, so fp16 gradients do not underflow)."""
+        before differentiation (a GradScaler's scale, so fp16 gradients do not underflow).
+
+        ``recompute``: the step's terms from a fresh forward. A compiled network's backward may run
+        only once per forward (AOTAutograd donates the forward's buffers to it, and refuses
+        ``retain_graph``), so each term is then differentiated on a forward of its own: the same
+        values at the cost of one more forward and backward per term, on sampled steps only."""
         start = time.perf_counter()
         parameters = [p for p in parameters if p.requires_grad and p.grad is not None]
         if not parameters:
@@ -75,7 +80,10 @@ class LossTermMonitor:
             if not term.requires_grad:
                 sums[name] = torch.stack([zero, zero])
                 continue
-            grads = torch.autograd.grad(term * scale, parameters, retain_graph=True, allow_unused=True)
+            if recompute is None:
+                grads = torch.autograd.grad(term * scale, parameters, retain_graph=True, allow_unused=True)
+            else:
+                grads = torch.autograd.grad(recompute()[name] * scale, parameters, allow_unused=True)
             squared, dot = zero, zero
             for g, t in zip(grads, total):
                 if g is not None:

@@ -179,7 +179,7 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
             self.plans_manager, self.configuration_manager, self.num_input_channels,
             self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
         if self._do_i_compile():
-            teacher.compile()  # compiles forward in place; parameter names (and checkpoints) are unchanged
+            self.compile_module(teacher)  # in place: parameter names (and checkpoints) are unchanged
         # the teacher gets nnU-Net's own optimiser and schedule, like the student
         self.teacher_optimizer, schedule = self.sgd(teacher.parameters())
         self.teacher = self.register_auxiliary("teacher", teacher, self.teacher_optimizer, schedule)
@@ -211,7 +211,7 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
                              f"transformer bottleneck unlike the student's: {network.geometry} vs "
                              f"{unwrap(self.network).geometry}")
         if self._do_i_compile():
-            network.compile()
+            self.compile_module(network)
         self.teacher = self.register_auxiliary("teacher", teacher, trainable=False)
 
     def on_train_start(self):
