@@ -36,6 +36,9 @@ COMPARTMENTS = {1: "edema", 2: "necrosis", 3: "enhancing"}
 BRATS2023_SUFFIX = {"T1": "t1n", "T1ce": "t1c", "T2": "t2w", "FLAIR": "t2f"}
 OURS_TO_BRATS2023 = np.array([0, 2, 1, 3], dtype=np.uint8)  # our 1 edema -> 2 ED, 2 necrosis -> 1 NCR, 3 ET -> 3
 DEFAULT_SHAPE = (64, 72, 64)
+# The BraTS grid: 240 x 240 x 155 voxels of 1 mm (x, y, z), here in array order. With a fixed
+# spacing the brain keeps its real size, centred in the grid, instead of being scaled to fill it.
+GEOMETRIES = {"brats": {"shape": (155, 240, 240), "spacing": (1.0, 1.0, 1.0)}}
 MIN_SHAPE = 16
 DATASET_LABELS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]}
 CHANNEL_NAMES = {str(i): m for i, m in enumerate(MODALITIES)}
@@ -117,8 +120,9 @@ class Anatomy:
 
 
 @lru_cache(maxsize=8)
-def anatomy(shape: tuple) -> Anatomy:
-    """The template resampled so that the brain fills a grid of `shape`; cached since every case reuses it."""
+def anatomy(shape: tuple, spacing: Optional[tuple] = None) -> Anatomy:
+    """The template resampled onto a grid of `shape`, centred; cached since every case reuses it.
+    Without `spacing` (z, y, x mm) the brain fills the grid; with it the brain keeps its real size."""
     folder = template_folder()
     reference = sitk.ReadImage(os.path.join(folder, TEMPLATE_FILES["t1"]), sitk.sitkFloat32)
     t1 = sitk.GetArrayFromImage(reference)
@@ -137,7 +141,13 @@ def anatomy(shape: tuple) -> Anatomy:
 
     template_spacing = np.array(reference.GetSpacing()[::-1])
     extent = (bounds[:, 1] - bounds[:, 0] + 1.0) * template_spacing
-    spacing = tuple(float(round(e * 1.08 / s, 4)) for e, s in zip(extent, shape))
+    if spacing is None:
+        spacing = tuple(float(round(e * 1.08 / s, 4)) for e, s in zip(extent, shape))
+    else:
+        spacing = tuple(float(s) for s in spacing)
+        if np.any(extent > np.array(shape) * np.array(spacing) + 1e-6):  # (a case's random scale may clip a mm or two)
+            raise SyntheticDataError(f"a grid of {list(shape)} voxels of {list(spacing)} mm (z, y, x) is smaller than "
+                                     f"the brain ({[round(float(e)) for e in extent]} mm)")
     centre_index = bounds.mean(axis=1)
     centre = np.array(reference.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in centre_index[::-1])))
     direction = np.array(reference.GetDirection()).reshape(3, 3)
@@ -273,6 +283,16 @@ def _check_shape(shape) -> tuple:
     return shape
 
 
+def _check_spacing(spacing) -> tuple:
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise SyntheticDataError(f"spacing must be three numbers (z, y, x mm), got {spacing!r}") from None
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise SyntheticDataError(f"spacing must be three positive numbers (z, y, x mm), got {spacing}")
+    return spacing
+
+
 def _check_probability(name: str, value: float) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise SyntheticDataError(f"{name} must be in [0, 1], got {value}")
@@ -281,8 +301,11 @@ def _check_probability(name: str, value: float) -> float:
 
 def generate_case(seed: int, shape=DEFAULT_SHAPE, p_no_enhancing: float = 0.15, p_no_necrosis: float = 0.15,
                   radius_mm: Sequence[float] = (14.0, 32.0), noise: Sequence[float] = (0.02, 0.05),
-                  bias: float = 0.08) -> SyntheticCase:
-    """One case, fully determined by `seed` and `shape`.
+                  bias: float = 0.08, spacing: Optional[Sequence[float]] = None) -> SyntheticCase:
+    """One case, fully determined by `seed`, `shape` and `spacing`.
+
+    spacing: voxel size in mm (z, y, x); None scales the brain to fill `shape` (GEOMETRIES["brats"]
+    gives BraTS's grid).
 
     p_no_enhancing / p_no_necrosis: probabilities of a case without label 3 (its core is then all label 2,
     LGG-like) and of a solid enhancing core without label 2; empty regions matter for metric conventions.
@@ -302,7 +325,7 @@ def generate_case(seed: int, shape=DEFAULT_SHAPE, p_no_enhancing: float = 0.15, 
     has_necrosis = (design.random() >= p_no_necrosis) or not has_enhancing
     radius = float(design.uniform(*radius_mm))
     place = design.random()
-    atlas = anatomy(shape)
+    atlas = anatomy(shape, None if spacing is None else _check_spacing(spacing))
     spacing = np.array(atlas.spacing)
 
     gm, wm, csf, texture, mask = _warp(warp, atlas.maps)
@@ -495,8 +518,9 @@ def write_nnunet_dataset(dataset_id: int, num_train: int, num_test: int = 0, nam
             "file_ending": ".nii.gz",
             "name": prefix + name,
             "description": f"Synthetic BraTS-like cases from nnunet_missingmod.synthetic (seed {seed}, "
-                           f"shape {list(shape)} z,y,x; {num_test} held-out cases in imagesTs/labelsTs). "
-                           + ANATOMY_NOTE,
+                           f"shape {list(shape)} z,y,x"
+                           + (f", spacing {list(case_kwargs['spacing'])} mm" if case_kwargs.get("spacing") else "")
+                           + f"; {num_test} held-out cases in imagesTs/labelsTs). " + ANATOMY_NOTE,
         }
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(dataset_json, f, sort_keys=False, indent=4)
@@ -558,8 +582,12 @@ def main(argv=None) -> None:
                         help="training cases (nnunet) or cases (brats2023)")
     parser.add_argument("--num-test", type=int, default=0, help="held-out cases in imagesTs/labelsTs (nnunet only)")
     parser.add_argument("--name", default="SyntheticBraTS", help="dataset name (nnunet only)")
-    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("Z", "Y", "X"),
-                        help=f"image shape in voxels, default {' '.join(map(str, DEFAULT_SHAPE))}")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help=f"image shape in voxels, default {' '.join(map(str, DEFAULT_SHAPE))}; the brain is "
+                             f"scaled to fill it")
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES),
+                        help="a real acquisition grid instead of --shape: brats is 240 x 240 x 155 voxels of 1 mm, "
+                             "the brain at its real size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset / output folder")
     parser.add_argument("-np", "--num-processes", type=int, default=1)
@@ -576,6 +604,10 @@ def main(argv=None) -> None:
         parser.error(f"argument -n/--num-cases: must be >= 1, got {args.num_cases}")
     if args.num_test < 0:
         parser.error(f"argument --num-test: must be >= 0, got {args.num_test}")
+    if args.geometry and args.shape:
+        parser.error("arguments --shape and --geometry exclude each other")
+    if args.shape is None:
+        args.shape = list(GEOMETRIES[args.geometry]["shape"] if args.geometry else DEFAULT_SHAPE)
     if min(args.shape) < MIN_SHAPE:
         parser.error(f"argument --shape: each of Z Y X must be >= {MIN_SHAPE}, got {' '.join(map(str, args.shape))}")
     if args.seed < 0:
@@ -588,6 +620,8 @@ def main(argv=None) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", args.name):
         parser.error(f"argument --name: letters, digits, '_' or '-' only, got {args.name!r}")
     kwargs = dict(p_no_enhancing=args.p_no_enhancing, p_no_necrosis=args.p_no_necrosis)
+    if args.geometry:
+        kwargs["spacing"] = GEOMETRIES[args.geometry]["spacing"]
     try:
         if args.layout == "nnunet":
             if args.dataset_id is None:
