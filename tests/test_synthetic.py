@@ -241,3 +241,31 @@ def test_command_line_errors_name_the_argument(argv, fault, capsys, tmp_path, mo
         synthetic.main(argv)
     assert exit_info.value.code == 2
     assert fault in capsys.readouterr().err
+
+
+def test_brats_geometry_keeps_the_brain_at_its_real_size():
+    """The BraTS grid (240 x 240 x 155 at 1 mm): the brain keeps its size instead of filling the grid."""
+    geometry = synthetic.GEOMETRIES["brats"]
+    case = generate_case(1, geometry["shape"], spacing=geometry["spacing"])
+    assert case.label.shape == case.images["T1"].shape == (155, 240, 240)
+    assert case.spacing == (1.0, 1.0, 1.0)
+    brain_ml = case.brain_mask.sum() / 1000  # 1 mm voxels
+    assert 1200 < brain_ml < 2000, brain_ml  # an adult brain, not one stretched over the grid
+    extent = [np.ptp(np.flatnonzero(case.brain_mask.any(axis=tuple(j for j in range(3) if j != i)))) + 1
+              for i in range(3)]
+    assert extent[1] < 200 and extent[2] < 170, extent  # room around it in y and x, as in BraTS
+    assert 10 < (case.label > 0).sum() / 1000 < 150  # a tumour of 10-150 ml
+    assert not (case.label[~case.brain_mask]).any()
+    with pytest.raises(SyntheticDataError, match="smaller than the brain"):
+        generate_case(1, (100, 240, 240), spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(SyntheticDataError, match="spacing"):
+        generate_case(1, (64, 72, 64), spacing=(1.0, 0.0, 1.0))
+
+
+def test_command_line_takes_shape_or_geometry_not_both(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic.main(["-d", "5", "-n", "1", "--shape", "32", "32", "32", "--geometry", "brats"])
+    assert exit_info.value.code == 2
+    assert "--shape and --geometry" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
