@@ -150,3 +150,30 @@ def test_seeded_augmentation_workers_run_torch_on_one_thread_and_do_not_hang(pre
     finally:
         for generator in (train, validation):
             generator._finish()
+
+
+def test_nnunet_compiles_the_network_and_its_dice_where_we_look(preprocessed, monkeypatch):
+    """On the (emulated) CUDA path nnU-Net's initialize compiles ``network`` and ``loss.loss.dc``;
+    the base trainer rewraps exactly those with the chosen backend."""
+    from torch._dynamo import OptimizedModule
+
+    monkeypatch.setenv("nnUNet_missingmod_cuda_path", "1")
+    monkeypatch.setenv("nnUNet_missingmod_compile_backend", "aot_eager")
+    trainer = make_trainer(training.ModalityDropoutTrainer, preprocessed)
+    trainer.initialize()
+    places = internals.modules_compiled_by_nnunet(trainer)
+    assert [name for _, name in places] == ["network", "dc"]
+    assert trainer.loss.loss.dc is places[1][0].dc
+    assert all(isinstance(getattr(holder, name), OptimizedModule) for holder, name in places)
+    # rewrapped with aot_eager: the Dice term is captured as a graph, and inductor generates nothing
+    from torch._dynamo.utils import counters
+    from torch._inductor import metrics
+    torch._dynamo.reset()
+    metrics.reset()
+    logits, target = torch.randn(2, 3, 8, 8, 8), (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
+    trainer.loss.loss.dc(logits, target)
+    assert counters["stats"]["unique_graphs"] >= 1 and metrics.generated_kernel_count == 0
+    monkeypatch.setenv("nnUNet_missingmod_cuda_path", "0")
+    plain = make_trainer(training.ModalityDropoutTrainer, preprocessed)
+    plain.initialize()
+    assert internals.modules_compiled_by_nnunet(plain) == []

@@ -43,7 +43,8 @@ from nnunet_missingmod.training import cuda_path
 from nnunet_missingmod.modalities import Modalities
 from nnunet_missingmod.training.data_loader import ModalityMaskDataLoader
 from nnunet_missingmod.training.loss_monitor import CLIPPED_PREFIX, GRADIENT_NORM_PREFIX, LossTermMonitor
-from nnunet_missingmod.training.nnunet_internals import dataloading_built_by, masking_position, sgd_with_poly_lr
+from nnunet_missingmod.training.nnunet_internals import (dataloading_built_by, masking_position,
+                                                         modules_compiled_by_nnunet, sgd_with_poly_lr)
 from nnunet_missingmod.training.seeding import SEED_VARIABLE, derived_seed, seed_everything, seed_from_environment
 
 # Environment variables that shorten training without a trainer variant per length. Meant for
@@ -198,12 +199,8 @@ class MissingModalityTrainer(nnUNetTrainer):
         backend = cuda_path.compile_backend()
         if backend == cuda_path.DEFAULT_BACKEND:
             return
-        holder, name = (self.network, "module") if isinstance(self.network, DDP) else (self, "network")
-        if isinstance(getattr(holder, name), OptimizedModule):
+        for holder, name in modules_compiled_by_nnunet(self):
             setattr(holder, name, torch.compile(getattr(holder, name)._orig_mod, backend=backend))
-        losses = self.loss.loss if hasattr(self.loss, "loss") else self.loss  # inside the deep supervision wrapper
-        if isinstance(getattr(losses, "dc", None), OptimizedModule):
-            losses.dc = torch.compile(losses.dc._orig_mod, backend=backend)
 
     def get_dataloaders(self):
         """nnU-Net's loaders, of ``data_loader_class()``; seeded ones draw their own stream per rank

@@ -18,6 +18,9 @@ that changes one of them fails there, loudly, rather than somewhere in a trainin
 - :func:`segmentation_loss`: nnU-Net's loss, as ``_build_loss`` builds it, for a chosen DDP setting.
 - :data:`CHECKPOINT_KEYS`: what ``save_checkpoint`` writes and ``load_checkpoint`` reads, which
   the project's checkpoints extend; ``load_checkpoint`` accepts only a path in 2.8.1.
+- :func:`modules_compiled_by_nnunet`: what ``initialize`` compiles when ``_do_i_compile()`` is true,
+  and where it keeps it; ``_do_i_compile`` itself, which the base trainer extends to the emulated
+  CUDA path, is private too.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
 TRAINER_INIT_PARAMETERS = ("self", "plans", "configuration", "fold", "dataset_json", "device")
 
@@ -136,3 +141,14 @@ def segmentation_loss(trainer, ddp: bool) -> nn.Module:
     if isinstance(trainer.loss, DeepSupervisionWrapper):
         loss = DeepSupervisionWrapper(loss, np.array(trainer.loss.weight_factors))
     return loss
+
+
+def modules_compiled_by_nnunet(trainer) -> list[tuple[object, str]]:
+    """``(holder, attribute)`` of every module ``nnUNetTrainer.initialize`` compiled: the network
+    (compiled, then wrapped in DDP) and the Dice term of its loss (inside the deep-supervision
+    wrapper). Empty when nothing was compiled."""
+    places = [(trainer.network, "module") if isinstance(trainer.network, DistributedDataParallel)
+              else (trainer, "network")]
+    loss = trainer.loss.loss if isinstance(trainer.loss, DeepSupervisionWrapper) else trainer.loss
+    places.append((loss, "dc"))
+    return [(holder, name) for holder, name in places if isinstance(getattr(holder, name, None), OptimizedModule)]
