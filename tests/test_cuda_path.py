@@ -3,15 +3,14 @@ nnU-Net (and MST-KD, for its teacher) compiles them, fp16 autocast, a GradScaler
 (``nnUNet_missingmod_cuda_path=1``, docs/training.md).
 
 Graphs are captured with ``aot_eager``: the same graphs, guards and recompilations as inductor,
-without code generation. The network is the plans' U-Net made narrow (4-16 features, a 16^3 patch)
-under another plans name on the same preprocessed data: the CPU has no fp16 convolution kernels
-(a 3D convolution in fp16 takes ~130x its fp32 time here), and the path's code does not depend
-on the width.
+without code generation. The network is the plans' U-Net made narrow (4-16 features, a 16^3 patch,
+``nnunet_missingmod.planning.write_narrow_plans``) on the same preprocessed data: the CPU has no
+fp16 convolution kernels (a 3D convolution in fp16 takes ~130x its fp32 time here), and the
+path's code does not depend on the width.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -19,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, load_json, make_trainer, run, training_env, training_log
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, make_trainer, run, training_env, training_log
 
 CUDA_PATH = {"nnUNet_missingmod_cuda_path": "1", "nnUNet_missingmod_compile_backend": "aot_eager"}
-PLANS = "nnUNetPlansCudaPath"
+PLANS = "nnUNetPlansNarrow"
 FAMILIES = ["ModalityDropoutTrainer", "MSTKDTrainer", "MSTKDFrozenTeacherTrainer", "SMMLTrainer", "MAGMSTrainer",
             "MAGMSTrainerSampledPath", "DedicatedTrainer__T1ce_FLAIR"]
 NUM_SUBSETS = 15
@@ -31,18 +30,8 @@ MAX_STEPS = 60  # seeded; unseeded, 120 draws miss one of 15 subsets with probab
 
 @pytest.fixture(scope="module")
 def narrow_plans(preprocessed) -> dict:
-    """The dataset's plans with a narrow network and a 16^3 patch, saved as nnUNetPlansCudaPath
-    (same data identifier: the preprocessed cases are shared)."""
-    plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    plans["plans_name"] = PLANS
-    configuration = plans["configurations"][CONFIGURATION]
-    configuration["patch_size"] = [16, 16, 16]
-    configuration["architecture"]["arch_kwargs"].update(
-        n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3, 3]] * 3,
-        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[2, 2, 2], n_conv_per_stage_decoder=[2, 2])
-    with open(os.path.join(preprocessed, f"{PLANS}.json"), "w") as f:
-        json.dump(plans, f, indent=1)
-    return plans
+    from nnunet_missingmod.planning import write_narrow_plans
+    return write_narrow_plans(preprocessed, CONFIGURATION, PLANS)
 
 
 @pytest.fixture
