@@ -1068,6 +1068,10 @@ def main() -> None:
     parser.add_argument("--report_only", action="store_true",
                         help="write the report from the steps done so far (here or in the archive), run none; "
                              "the report lists the steps still to run")
+    parser.add_argument("--restamp_archive", metavar="EVIDENCE",
+                        help="give the archived steps made with other training code the current code's fingerprint, "
+                             "recording EVIDENCE that training did not change (a retrained step with the archived "
+                             "weights' SHA-256); run nothing (docs/study.md)")
     args = parser.parse_args()
 
     size = SIZES[args.size]
@@ -1090,6 +1094,17 @@ def main() -> None:
     study = Study(os.path.abspath(args.work), size, trainers, list(args.seeds or size.seeds),
                   args.dedicated or size.dedicated, args.device,
                   archive_folder=None if archive == "none" else os.path.abspath(archive))
+    if args.restamp_archive:
+        if study.archive_folder is None:
+            parser.error("--restamp_archive needs an archive")
+        size_record = {k: v for k, v in json.loads(json.dumps(asdict(size))).items()
+                       if k not in ("seeds", "dedicated", "trainers")}
+        with open(os.path.join(study.archive_folder, "archive.json")) as f:
+            dataset = json.load(f)["dataset"]  # the data is not regenerated: only code fingerprints change
+        changed = StudyArchive(study.archive_folder, size_record, dataset, study.code_of, current_commit(REPO),
+                               log=log).restamp(args.restamp_archive)
+        log(f"archive {study.archive_folder}: {len(changed)} step(s) restamped")
+        return
     start = time.time()
     if args.report_only:
         study.open_archive()

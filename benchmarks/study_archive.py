@@ -287,3 +287,22 @@ class StudyArchive:
 
     def steps(self) -> dict[str, dict]:
         return self.content["steps"]
+
+    def restamp(self, evidence: str) -> list[str]:
+        """Give the archived steps made with other training code the current code's fingerprint,
+        keeping the old one and ``evidence`` in ``training_code_was``; returns the steps.
+
+        Only for a change of the code's text that leaves what the archived steps trained unchanged
+        (code on paths the study does not take), shown by ``evidence``: a retrained archived step
+        whose weights have the archived SHA-256. A change in training is rerun, never restamped.
+        """
+        changed = []
+        for step, record in self.content["steps"].items():
+            if "training_code" in record and record["training_code"] != self.code_of(step):
+                record.setdefault("training_code_was", []).append(
+                    {"training_code": record["training_code"], "restamped": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "commit": self.commit, "evidence": evidence})
+                record["training_code"] = self.code_of(step)
+                changed.append(step)
+        _write_json(self.path, self.content)
+        return changed

@@ -189,3 +189,19 @@ def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
     assert content["steps"][steps[0]]["training"]["repeats_archived_weights"] is True
     predictions = sorted((tmp_path / "archive" / evaluation / "predictions").glob("*/*.nii.gz"))
     assert len(predictions) == 15 and np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions[-1]))))
+
+
+def test_restamping_keeps_the_old_fingerprint_and_the_evidence(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    first = make_archive(tmp_path / "archive")
+    first.add("train T seed 1", str(work), [], training={"minutes": 1.5, "weights_sha256": "w"})
+    newer = make_archive(tmp_path / "archive", code="code-2")
+    assert newer.usable() == {}
+    assert newer.restamp("retrained train T seed 1: same weights") == ["train T seed 1"]
+    again = make_archive(tmp_path / "archive", code="code-2")
+    record = again.usable()["train T seed 1"]
+    assert record["training_code"] == "code-2 train T seed 1"
+    assert record["training_code_was"][0]["training_code"] == "code-1 train T seed 1"
+    assert record["training_code_was"][0]["evidence"] == "retrained train T seed 1: same weights"
+    assert again.restamp("nothing to do") == []
