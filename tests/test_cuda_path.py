@@ -162,3 +162,21 @@ def test_a_compiled_scaled_run_resumes_and_predicts(nnunet_folders, preprocessed
              "-p", PLANS, "-f", fold, "-device", "cpu", "--disable_tta", *extra], env)
         predicted = sorted(f for f in os.listdir(tmp_path / out) if f.endswith(".nii.gz"))
         assert predicted == sorted(f for f in os.listdir(os.path.join(raw_dataset, "labelsTs")))
+
+
+def test_sums_over_positions_stay_in_float32_under_fp16_autocast():
+    """MST-KD's Gram matrices and SMML's class prototypes sum over every position of a feature map:
+    at nnU-Net's BraTS plan the bottleneck has 4³ = 64 positions, so features of about 32 would
+    leave fp16's range (65504). Both are computed in float32 whatever the autocast."""
+    from nnunet_missingmod.losses.consistency import class_prototypes
+    from nnunet_missingmod.losses.style import cross_layer_gram
+
+    features = torch.full((2, 5, 4, 4, 4), 40.0)
+    fractions = torch.ones(2, 3, 4, 4, 4)
+    with torch.autocast("cpu", dtype=torch.float16):
+        unprotected = features.flatten(2) @ features.flatten(2).transpose(1, 2)
+        gram = cross_layer_gram(features, features)
+        prototypes, present = class_prototypes(features, fractions)
+    assert torch.isinf(unprotected).all()  # what fp16 would have given
+    assert gram.dtype == torch.float32 and torch.equal(gram, torch.full((2, 5, 5), 1600.0))
+    assert prototypes.dtype == torch.float32 and torch.equal(prototypes, torch.full((3, 5), 40.0)) and present.all()

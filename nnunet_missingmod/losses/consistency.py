@@ -100,7 +100,8 @@ def class_prototypes(features: torch.Tensor, fractions: torch.Tensor):
     f = features.float().flatten(2)  # B, C, S
     w = fractions.float().flatten(2)  # B, K', S
     mass = w.sum((0, 2))
-    prototypes = torch.einsum("bks,bcs->kc", w, f) / mass.clamp_min(1e-6)[:, None]
+    with torch.autocast(f.device.type, enabled=False):  # a sum over the batch and every position: float32
+        prototypes = torch.einsum("bks,bcs->kc", w, f) / mass.clamp_min(1e-6)[:, None]
     return prototypes, mass > 1e-6
 
 

@@ -30,7 +30,10 @@ def cross_layer_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"cross-layer Gram needs features of one batch and spatial size, got {tuple(a.shape)} "
                          f"and {tuple(b.shape)}")
     a, b = a.float().flatten(2), b.float().flatten(2)
-    return a @ b.transpose(1, 2) / a.shape[-1]
+    # A sum over every position: under fp16 autocast the product would be fp16, whose range (65504)
+    # a bottleneck of 4³ positions leaves with features of about 32. Kept in float32.
+    with torch.autocast(a.device.type, enabled=False):
+        return a @ b.transpose(1, 2) / a.shape[-1]
 
 
 def cross_layer_gram_loss(student_features: Sequence[torch.Tensor],
