@@ -13,7 +13,7 @@ it measured).
 
     python benchmarks/gpu_smoke.py --work /tmp/smoke --output benchmarks/results/gpu_smoke.json
 
-``--lanes N`` compiles N trainers at once (compilation is CPU work) while the timed steps and the
+``--lanes N`` compiles N trainers at once (compilation is CPU work) while every later step and the
 prediction of one trainer at a time hold the GPU alone (a file lock), so that a short GPU lease
 covers every trainer. The CUDA path also runs on the CPU (``--device cpu``,
 ``nnUNet_missingmod_cuda_path=1``, a small ``--shape``), which is how this script is tested.
@@ -143,7 +143,7 @@ def run_trainer(name: str, work: str, device: str, iterations: int, warmup: int)
     started = time.perf_counter()
     for i in range(iterations):
         batch = next(trainer.dataloader_train)
-        lane = gpu_held(work) if i >= warmup else contextlib.nullcontext()  # compiled steps: GPU alone
+        lane = gpu_held(work) if i >= 1 else contextlib.nullcontext()  # after the compiling step: GPU alone
         with lane:
             if cuda and i == warmup:  # the warm-up's peak (compilation, autotuning, the sampled step) apart
                 record["peak_allocated_warmup_gib"] = torch.cuda.max_memory_allocated() / GIB
