@@ -39,8 +39,8 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_missingmod.masking import ModalityMaskingTransform
-from nnunet_missingmod.training import cuda_path
 from nnunet_missingmod.modalities import Modalities
+from nnunet_missingmod.training import cuda_path
 from nnunet_missingmod.training.data_loader import ModalityMaskDataLoader
 from nnunet_missingmod.training.loss_monitor import CLIPPED_PREFIX, GRADIENT_NORM_PREFIX, LossTermMonitor
 from nnunet_missingmod.training.nnunet_internals import (dataloading_built_by, masking_position,
