@@ -6,7 +6,8 @@ fp16 autocast, GradScaler, compiled where nnU-Net compiles on CUDA) at the narro
 tests (``write_narrow_plans``: the CPU has no fast fp16 convolutions, and graph capture does not
 depend on the width), seeded, with augmentation in the process:
 
-- compiled (inductor): the first step (graph capture and code generation), then steps until every
+- compiled (inductor, with an empty cache of its own): the first step (graph capture and code
+  generation), then steps until every
   subset has been drawn (at least ``--steps``), with torch._dynamo's graph and recompilation
   counters after the first step and at the end;
 - eager (``nnUNet_compile=f``, the same path otherwise): the same number of steps.
@@ -55,7 +56,7 @@ def subsets_in(batch: dict) -> set:
 def measure(name: str, steps: int, max_steps: int) -> dict:
     """Steps of ``name`` until every subset it can draw was drawn (``steps`` at least)."""
     if name == "MSTKDFrozenTeacherTrainer":
-        os.environ["nnUNet_missingmod_teacher"] = write_frozen_teacher("cpu")
+        os.environ["nnUNet_missingmod_teacher"] = write_frozen_teacher("cpu", DATASET_ID)
     trainer = load_trainer(name, DATASET_ID, CONFIGURATION, "cpu")
     trainer.initialize()
     trainer.on_train_start()
@@ -104,7 +105,9 @@ def main() -> None:
         for mode, compile_flag in (("inductor", "t"), ("eager", "f")):
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--work", args.work, "--child",
                                   f"{name}:{mode}", "--steps", str(args.steps), "--max_steps", str(args.max_steps)],
-                                 env={**env, "nnUNet_compile": compile_flag, "nnUNet_n_proc_DA": "0"},
+                                 env={**env, "nnUNet_compile": compile_flag, "nnUNet_n_proc_DA": "0",
+                                      # a cache of its own: compile times are cold ones
+                                      "TORCHINDUCTOR_CACHE_DIR": os.path.join(env["nnUNet_results"], "inductor", name)},
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 results[name][mode] = {"error": out.stderr[-3000:]}

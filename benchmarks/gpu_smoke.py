@@ -94,11 +94,11 @@ def gpu_held(work: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_frozen_teacher(device: str) -> str:
+def write_frozen_teacher(device: str, dataset_id: int = DATASET_ID) -> str:
     """An (untrained) MSTKDTeacherTrainer checkpoint for MSTKDFrozenTeacherTrainer: the frozen path
     costs the same whatever the teacher's weights."""
     from nnunetv2.paths import nnUNet_results
-    teacher = load_trainer(FROZEN_TEACHER, DATASET_ID, CONFIGURATION, device)
+    teacher = load_trainer(FROZEN_TEACHER, dataset_id, CONFIGURATION, device)
     teacher.initialize()
     folder = os.path.join(nnUNet_results, "smoke_frozen_teacher")
     os.makedirs(os.path.join(folder, "fold_0"), exist_ok=True)
