@@ -132,7 +132,7 @@ def run_trainer(name: str, work: str, device: str, iterations: int, warmup: int)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     trainer = load_trainer(name, DATASET_ID, CONFIGURATION, device)
     trainer.initialize()
-    record.update(compiled=trainer._do_i_compile(), grad_scaler=type(trainer.grad_scaler).__name__
+    record.update(compiled=trainer.compiled, grad_scaler=type(trainer.grad_scaler).__name__
                   if trainer.grad_scaler is not None else None, parameters=parameter_count(trainer),
                   patch_size=list(trainer.configuration_manager.patch_size), batch_size=trainer.batch_size)
     trainer.on_train_start()

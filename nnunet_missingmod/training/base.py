@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from torch import nn
+from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -113,8 +113,12 @@ class MissingModalityTrainer(nnUNetTrainer):
                 f"dataset {self.plans_manager.dataset_name} has only {list(self.modalities.names)} "
                 f"(dataset.json channel_names). Train it with nnUNetTrainer instead.")
         self.auxiliaries: dict[str, Auxiliary] = {}
-        if cuda_path.emulated(self.device):
-            self.grad_scaler = cuda_path.grad_scaler(self.device)
+        # decided once, as nnU-Net decides its own path: train_step reads these every step
+        self.emulates_cuda_path = cuda_path.emulated(self.device)
+        self.takes_cuda_path = self.device.type == "cuda" or self.emulates_cuda_path
+        self.compiled = False  # set by initialize
+        if self.emulates_cuda_path:
+            self.grad_scaler = torch.amp.GradScaler(self.device.type)
         environment_seed = seed_from_environment()
         self.seed = environment_seed if environment_seed is not None else type(self).seed
         self.loss_monitor = LossTermMonitor(self.loss_monitor_budget)
@@ -139,10 +143,10 @@ class MissingModalityTrainer(nnUNetTrainer):
                                f"{self.subset_sampling if self.mask_modalities else 'off'}")
         self.print_to_log_file(f"seed: {self.seed} ({SEED_VARIABLE} or the trainer's seed attribute)"
                                if self.seed is not None else f"not seeded (set {SEED_VARIABLE} to repeat a run)")
-        if cuda_path.emulated(self.device):
+        if self.emulates_cuda_path:
             self.print_to_log_file(f"{cuda_path.CUDA_PATH_VARIABLE}: nnU-Net's CUDA path on the CPU (fp16 autocast, "
-                                   f"GradScaler, compile: {self._do_i_compile()})")
-        if self._do_i_compile():
+                                   f"GradScaler, compile: {self.compiled})")
+        if self.compiled:
             self.print_to_log_file(f"torch.compile backend: {cuda_path.compile_backend()}")
         super().on_train_start()
 
@@ -176,14 +180,15 @@ class MissingModalityTrainer(nnUNetTrainer):
         if self.seed is not None and not self.was_initialized:  # before any network is built
             seed_everything(derived_seed(self.seed, self.rank))
         super().initialize()
-        if self._do_i_compile():
+        self.compiled = self._do_i_compile()
+        if self.compiled:
             self._compile_with_chosen_backend()
 
     # --- the CUDA path -------------------------------------------------------------------------
 
     def _do_i_compile(self) -> bool:
         """nnU-Net's rule, and on the emulated CUDA path nnU-Net's rule for CUDA."""
-        if cuda_path.emulated(self.device):
+        if self.emulates_cuda_path:
             return cuda_path.compile_requested()
         return super()._do_i_compile()
 
@@ -262,8 +267,9 @@ class MissingModalityTrainer(nnUNetTrainer):
     def autocast(self):
         """nnU-Net's mixed precision: fp16 autocast on the CUDA path (real or emulated), full
         precision elsewhere."""
-        context = cuda_path.autocast_context(self.device)
-        return dummy_context() if context is None else context
+        if self.takes_cuda_path:
+            return autocast(self.device.type, dtype=cuda_path.AUTOCAST_DTYPE, enabled=True)
+        return dummy_context()
 
     def validation_step(self, batch: dict) -> dict:
         """nnU-Net's, under the same autocast as training (on CUDA the same as nnU-Net's own)."""
@@ -295,15 +301,15 @@ class MissingModalityTrainer(nnUNetTrainer):
         loss = sum(terms.values())
 
         scaler, sample = self.grad_scaler, self.loss_monitor.sample_due
-        compiled = self._do_i_compile()  # a compiled graph is differentiated once: sampling recomputes it
-        (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=sample and not compiled)
+        # a compiled graph is differentiated once: the loss monitor's sampled step recomputes it
+        (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=sample and not self.compiled)
         if scaler is not None:
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
         sampling = time.perf_counter()
         if sample:
             self.loss_monitor.sample(terms, self.network.parameters(), 1.0 if scaler is None else scaler.get_scale(),
-                                     recompute=self._recompute_loss_terms(batch) if compiled else None)
+                                     recompute=self._recompute_loss_terms(batch) if self.compiled else None)
         sampling = time.perf_counter() - sampling
         norms = {name: torch.nn.utils.clip_grad_norm_(parameters, self.gradient_clip)
                  for name, parameters in self.clip_groups().items()}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import autocast
 
 CUDA_PATH_VARIABLE = "nnUNet_missingmod_cuda_path"
 COMPILE_BACKEND_VARIABLE = "nnUNet_missingmod_compile_backend"
@@ -46,10 +45,6 @@ def emulated(device: torch.device) -> bool:
     return device.type == "cpu" and _flag(CUDA_PATH_VARIABLE)
 
 
-def takes_cuda_path(device: torch.device) -> bool:
-    return device.type == "cuda" or emulated(device)
-
-
 def compile_requested() -> bool:
     """nnU-Net's rule on CUDA: compile unless ``nnUNet_compile`` is set to something not true."""
     value = os.environ.get("nnUNet_compile")
@@ -63,15 +58,3 @@ def compile_backend() -> str:
         raise ValueError(f"environment variable {COMPILE_BACKEND_VARIABLE}={backend!r} is not a torch.compile backend; "
                          f"choose one of {', '.join(torch._dynamo.list_backends(exclude_tags=()))}")
     return backend
-
-
-def autocast_context(device: torch.device):
-    """fp16 autocast on the CUDA path (real or emulated); None elsewhere (full precision)."""
-    if not takes_cuda_path(device):
-        return None
-    return autocast(device.type, dtype=AUTOCAST_DTYPE, enabled=True)
-
-
-def grad_scaler(device: torch.device):
-    """A GradScaler for the emulated path (nnU-Net builds its own on CUDA)."""
-    return torch.amp.GradScaler(device.type) if emulated(device) else None

@@ -178,7 +178,7 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
         teacher = self.build_network_architecture(
             self.plans_manager, self.configuration_manager, self.num_input_channels,
             self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
-        if self._do_i_compile():
+        if self.compiled:
             self.compile_module(teacher)  # in place: parameter names (and checkpoints) are unchanged
         # the teacher gets nnU-Net's own optimiser and schedule, like the student
         self.teacher_optimizer, schedule = self.sgd(teacher.parameters())
@@ -210,7 +210,7 @@ class MSTKDTrainer(TransformerBottleneckArchitecture, MissingModalityTrainer):
             raise ValueError(f"{TEACHER_VARIABLE}: the teacher {recipe.source} ({recipe.trainer_name}) has a "
                              f"transformer bottleneck unlike the student's: {network.geometry} vs "
                              f"{unwrap(self.network).geometry}")
-        if self._do_i_compile():
+        if self.compiled:
             self.compile_module(network)
         self.teacher = self.register_auxiliary("teacher", teacher, trainable=False)
 
