@@ -19,7 +19,7 @@ import pytest
 
 # Tests that need any of these fixtures run nnU-Net's own commands (plan and preprocess, train)
 # first; they are marked ``e2e``, and ``python -m pytest -m "not e2e" tests`` is the quick lane.
-E2E_FIXTURES = {"raw_dataset", "preprocessed", "trained_model", "predictor"}
+E2E_FIXTURES = {"raw_dataset", "preprocessed", "trained_model", "predictor", "narrow_plans"}
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET_ID = 991
@@ -120,6 +120,15 @@ def raw_dataset(nnunet_folders) -> str:
 def preprocessed(nnunet_folders, raw_dataset) -> str:
     run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", CONFIGURATION, "-np", "2"], clean_env(nnunet_folders))
     return os.path.join(nnunet_folders["nnUNet_preprocessed"], DATASET_NAME)
+
+
+@pytest.fixture(scope="session")
+def narrow_plans(preprocessed) -> dict:
+    """The same preprocessed data under a narrow U-Net (4-16 features, a 16³ patch; ``-p
+    nnUNetPlansNarrow``): for the checks whose subject does not depend on the width (the CUDA path,
+    DDP synchronisation), at a fraction of the full plans' cost."""
+    from nnunet_missingmod.planning import write_narrow_plans
+    return write_narrow_plans(preprocessed, CONFIGURATION)
 
 
 def training_env(folders, epochs: int, **extra) -> dict:

@@ -19,19 +19,14 @@ import pytest
 import torch
 
 from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, make_trainer, run, training_env, training_log
+from nnunet_missingmod.planning import NARROW_PLANS
 
 CUDA_PATH = {"nnUNet_missingmod_cuda_path": "1", "nnUNet_missingmod_compile_backend": "aot_eager"}
-PLANS = "nnUNetPlansNarrow"
+PLANS = NARROW_PLANS
 FAMILIES = ["ModalityDropoutTrainer", "MSTKDTrainer", "MSTKDFrozenTeacherTrainer", "SMMLTrainer", "MAGMSTrainer",
             "MAGMSTrainerSampledPath", "DedicatedTrainer__T1ce_FLAIR"]
 NUM_SUBSETS = 15
 MAX_STEPS = 60  # seeded; unseeded, 120 draws miss one of 15 subsets with probability 15 (14/15)^120 < 1e-3
-
-
-@pytest.fixture(scope="module")
-def narrow_plans(preprocessed) -> dict:
-    from nnunet_missingmod.planning import write_narrow_plans
-    return write_narrow_plans(preprocessed, CONFIGURATION, PLANS)
 
 
 @pytest.fixture

@@ -132,8 +132,8 @@ def test_bad_length_override_is_refused(preprocessed, monkeypatch):
         make_trainer(ModalityDropoutTrainer, preprocessed)
 
 
-def test_train_step_is_synchronised_under_ddp(preprocessed):
+def test_train_step_is_synchronised_under_ddp(preprocessed, narrow_plans):
     """Two gloo processes on the CPU: after two steps on different batches the ranks agree."""
     from ddp_check import check_ddp_train_steps
-    moved = check_ddp_train_steps("ModalityDropoutTrainer", preprocessed, CONFIGURATION, steps=2)
+    moved = check_ddp_train_steps("ModalityDropoutTrainer", preprocessed, CONFIGURATION, steps=2, plans_name=narrow_plans["plans_name"])
     assert set(moved) == {"network"}
