@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-# console script -> module with main(argv), as setup.py registers them
+# console script -> module with main(argv), as pyproject.toml registers them
 SCRIPTS = {
     "nnUNetv2_synthetic_brats": "nnunet_missingmod.synthetic",
     "nnUNetv2_predict_missing": "nnunet_missingmod.inference.predict_missing",

@@ -1,9 +1,13 @@
-"""nnU-Net finds our trainers in a fresh shell, with or without a user's own nnUNet_extTrainer."""
+"""nnU-Net finds our trainers in a fresh shell, with or without a user's own nnUNet_extTrainer, after
+an editable install (the suite's own environment) and after a wheel's (built and installed here)."""
 
 import os
+import sys
 import sysconfig
 
-from conftest import clean_env, run
+import pytest
+
+from conftest import REPO, clean_env, run
 
 LOOKUP = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
           "import sys\n"
@@ -14,11 +18,18 @@ LOOKUP = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_cl
 def test_pth_hook_is_installed_at_site_packages_root():
     path = os.path.join(sysconfig.get_paths()["purelib"], "nnunet_missingmod.pth")
     assert os.path.isfile(path), (
-        f"{path} was not installed. An editable install ships it through setuptools' private "
-        "editable_wheel._run_build_commands (setup.py, EditableWheelWithPth); a setuptools upgrade may have changed "
-        "it. See docs/installation.md.")
+        f"{path} was not installed: pyproject.toml force-includes it at the wheel's root, and hatch_build.py "
+        "in the editable wheel. See docs/installation.md.")
     with open(path) as f:
         assert "register()" in f.read()
+
+
+def test_editable_install_reaches_the_checkouts_converters():
+    """dataset_conversion/ sits at the repository's top (SPEC section 5): an editable install imports
+    it from there, live, as nnunet_missingmod.dataset_conversion."""
+    result = run(["python", "-c", "import nnunet_missingmod.dataset_conversion.brats as m; print(m.__file__)"],
+                 clean_env({}))
+    assert result.stdout.strip() == os.path.join(REPO, "dataset_conversion", "brats.py")
 
 
 def test_trainer_lookup_needs_no_configuration(tmp_path):
@@ -44,3 +55,34 @@ def test_users_own_trainer_folder_keeps_working(tmp_path):
 def test_trainer_path_command_prints_the_folder():
     result = run(["nnunet_missingmod_trainer_path"], clean_env({}))
     assert os.path.isfile(os.path.join(result.stdout.strip(), "nnunet_missingmod_trainers.py"))
+
+
+# A site folder holding only the installed wheel, then the environment's packages on the plain path
+# (no .pth of theirs runs, so the editable install of this environment cannot answer in its place).
+WHEEL_SITE = ("import site, sys\n"
+              "site.addsitedir(sys.argv.pop(1))\n"
+              "sys.path.append(sys.argv.pop(1))\n")
+
+
+@pytest.mark.e2e
+def test_wheel_install_finds_every_trainer_and_converter(tmp_path):
+    """``pip install .``: the wheel carries the .pth at its root and the converters inside the package."""
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
+         REPO], clean_env({}), cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("nnunet_missingmod-*.whl"))
+    site_folder = tmp_path / "site"
+    run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site_folder, wheel], clean_env({}))
+    assert (site_folder / "nnunet_missingmod.pth").is_file()
+
+    from nnunet_missingmod.training import __all__ as trainers
+    entry_points = (next(site_folder.glob("nnunet_missingmod-*.dist-info")) / "entry_points.txt").read_text()
+    modules = sorted({line.split("=")[1].split(":")[0].strip() for line in entry_points.splitlines() if "=" in line})
+    script = (WHEEL_SITE + LOOKUP.replace("find(name).__module__", "find(name).__module__, sys.modules[find(name).__module__].__file__")
+              + "import importlib\n"
+              + "".join(f"print('MODULE', importlib.import_module({m!r}).__file__)\n" for m in modules))
+    result = run([sys.executable, "-I", "-S", "-c", script, site_folder, sysconfig.get_paths()["purelib"], *trainers],
+                 clean_env({}))
+    found = [line.split() for line in result.stdout.splitlines() if line.startswith(("FOUND", "MODULE"))]
+    assert len(found) == len(trainers) + len(modules)
+    for line in found:
+        assert line[-1].startswith(str(site_folder)), line
