@@ -29,26 +29,6 @@ def table_rows(text: str) -> dict[str, dict[str, float]]:
 
 
 @pytest.mark.e2e
-def test_demo_runs_the_whole_chain_quietly(tmp_path):
-    work = tmp_path / "demo"
-    result = run(["nnUNetv2_missingmod_demo", "-o", work, "--num-train", "5", "--num-test", "1", "--epochs", "2",
-                  "--iterations", "2", "--markdown", tmp_path / "demo.md"], clean_env({}), cwd=tmp_path)
-    out = result.stdout
-    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "$ nnUNetv2_train 990 2d 0 -tr ModalityDropoutTrainer",
-                 "$ nnUNetv2_evaluate_missing", "epoch 1/2: loss", "epoch 2/2: loss", "demo finished"):
-        assert step in out
-    # nnU-Net's own output (plans, training log) is in files
-    assert "Epoch time" not in out and "nnU-Net: a self-configuring" not in out and "U-Net configuration" not in out
-    assert "2D U-Net configuration" in (work / "logs" / "plan_and_preprocess.log").read_text()
-    assert set(table_rows(out)) == {*SUBSETS_IN_ORDER, "Mean"}
-    assert os.path.isfile(work / "evaluation" / "heatmap.png") and os.listdir(work / "evaluation" / "figures")
-    assert os.path.isfile(work / "logs" / "train.log") and os.path.isfile(work / "logs" / "evaluate.log")
-    assert table_rows((tmp_path / "demo.md").read_text()) == table_rows(out)
-    again = run(["nnUNetv2_missingmod_demo", "-o", work], clean_env({}), cwd=tmp_path, check=False)
-    assert again.returncode != 0 and "--overwrite" in again.stderr
-
-
-@pytest.mark.e2e
 def test_a_failing_step_shows_its_command_and_log_tail(tmp_path):
     result = run(["nnUNetv2_missingmod_demo", "-o", tmp_path / "demo", "--num-train", "5", "--num-test", "1",
                   "--epochs", "1", "--iterations", "1", "-device", "cuda"], clean_env({}, CUDA_VISIBLE_DEVICES=""),
@@ -76,16 +56,42 @@ SAME_MACHINE = {"dice": 0.0, "mean_dice": 0.0, "mean_hd95": 0.0}
 OTHER_MACHINE = {"dice": 5.0, "mean_dice": 1.0, "mean_hd95": 10.0}
 
 
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> dict:
+    """The README's demo, as typed (plus ``--markdown``, which only also writes the table as a page):
+    one run, read by the tests below."""
+    folder = tmp_path_factory.mktemp("demo")
+    result = run(["nnUNetv2_missingmod_demo", "-o", folder / "demo", "--markdown", folder / "demo.md"], clean_env({}),
+                 cwd=folder)
+    return {"folder": folder, "work": folder / "demo", "stdout": result.stdout}
+
+
 @pytest.mark.e2e
-def test_the_default_run_prints_the_table_of_docs_demo_md(tmp_path):
+def test_demo_runs_the_whole_chain_quietly(default_run):
+    work, out = default_run["work"], default_run["stdout"]
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "$ nnUNetv2_train 990 2d 0 -tr ModalityDropoutTrainer",
+                 "$ nnUNetv2_evaluate_missing", "epoch 1/10: loss", "epoch 10/10: loss", "demo finished"):
+        assert step in out
+    # nnU-Net's own output (plans, training log) is in files
+    assert "Epoch time" not in out and "nnU-Net: a self-configuring" not in out and "U-Net configuration" not in out
+    assert "2D U-Net configuration" in (work / "logs" / "plan_and_preprocess.log").read_text()
+    assert set(table_rows(out)) == {*SUBSETS_IN_ORDER, "Mean"}
+    assert os.path.isfile(work / "evaluation" / "heatmap.png") and os.listdir(work / "evaluation" / "figures")
+    assert os.path.isfile(work / "logs" / "train.log") and os.path.isfile(work / "logs" / "evaluate.log")
+    assert table_rows((default_run["folder"] / "demo.md").read_text()) == table_rows(out)
+    again = run(["nnUNetv2_missingmod_demo", "-o", work], clean_env({}), cwd=default_run["folder"], check=False)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+@pytest.mark.e2e
+def test_the_default_run_prints_the_table_of_docs_demo_md(default_run):
     """The README's demo, as typed, prints docs/demo.md's table: exactly on a machine with the
     signature docs/demo.md records, within the measured cross-processor difference elsewhere."""
     page = open(os.path.join(REPO, "docs", "demo.md")).read()
     expected = table_rows(page)
     recorded = re.search(r"^Machine: (.*)$", page, re.MULTILINE)[1]
     tolerance = SAME_MACHINE if recorded == machine_signature() else OTHER_MACHINE
-    result = run(["nnUNetv2_missingmod_demo", "-o", tmp_path / "demo"], clean_env({}), cwd=tmp_path)
-    got = table_rows(result.stdout)
+    got = table_rows(default_run["stdout"])
     assert set(got) == set(expected)
     for subset, values in expected.items():
         for column in (c for c in values if c.startswith("Dice")):

@@ -153,6 +153,7 @@ def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_ar
             == study.code_of("train ModalityDropoutTrainer seed 1"))
 
 
+@pytest.mark.e2e
 def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
     """The study script twice, in two work folders sharing only the archive, the first as a machine
     that stopped after a training and before its evaluation: the second takes the training, trains
