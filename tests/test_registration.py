@@ -57,32 +57,32 @@ def test_trainer_path_command_prints_the_folder():
     assert os.path.isfile(os.path.join(result.stdout.strip(), "nnunet_missingmod_trainers.py"))
 
 
-# A site folder holding only the installed wheel, then the environment's packages on the plain path
-# (no .pth of theirs runs, so the editable install of this environment cannot answer in its place).
-WHEEL_SITE = ("import site, sys\n"
-              "site.addsitedir(sys.argv.pop(1))\n"
-              "sys.path.append(sys.argv.pop(1))\n")
+# A site folder holding only the installed wheel (its .pth runs), then the environment's packages on
+# the plain path (their .pth files do not run, so this environment's editable install cannot answer).
+FROM_WHEEL = ("import importlib, site, sys\n"
+              "site.addsitedir(sys.argv[1])\n"
+              "sys.path.append(sys.argv[2])\n"
+              "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+              "for name in sys.argv[3].split(','):\n"
+              "    print('FILE', sys.modules[find(name).__module__].__file__)\n"
+              "for module in sys.argv[4].split(','):\n"
+              "    print('FILE', importlib.import_module(module).__file__)\n")
 
 
 @pytest.mark.e2e
 def test_wheel_install_finds_every_trainer_and_converter(tmp_path):
     """``pip install .``: the wheel carries the .pth at its root and the converters inside the package."""
+    from nnunet_missingmod.training import __all__ as trainers
+
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
          REPO], clean_env({}), cwd=tmp_path)
-    wheel = next((tmp_path / "dist").glob("nnunet_missingmod-*.whl"))
     site_folder = tmp_path / "site"
-    run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site_folder, wheel], clean_env({}))
+    run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site_folder,
+         next((tmp_path / "dist").glob("nnunet_missingmod-*.whl"))], clean_env({}))
     assert (site_folder / "nnunet_missingmod.pth").is_file()
-
-    from nnunet_missingmod.training import __all__ as trainers
     entry_points = (next(site_folder.glob("nnunet_missingmod-*.dist-info")) / "entry_points.txt").read_text()
     modules = sorted({line.split("=")[1].split(":")[0].strip() for line in entry_points.splitlines() if "=" in line})
-    script = (WHEEL_SITE + LOOKUP.replace("find(name).__module__", "find(name).__module__, sys.modules[find(name).__module__].__file__")
-              + "import importlib\n"
-              + "".join(f"print('MODULE', importlib.import_module({m!r}).__file__)\n" for m in modules))
-    result = run([sys.executable, "-I", "-S", "-c", script, site_folder, sysconfig.get_paths()["purelib"], *trainers],
-                 clean_env({}))
-    found = [line.split() for line in result.stdout.splitlines() if line.startswith(("FOUND", "MODULE"))]
-    assert len(found) == len(trainers) + len(modules)
-    for line in found:
-        assert line[-1].startswith(str(site_folder)), line
+    result = run([sys.executable, "-I", "-S", "-c", FROM_WHEEL, site_folder, sysconfig.get_paths()["purelib"],
+                  ",".join(trainers), ",".join(modules)], clean_env({}))
+    files = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("FILE ")]
+    assert len(files) == len(trainers) + len(modules) and all(f.startswith(str(site_folder)) for f in files), files
