@@ -132,8 +132,11 @@ def narrow_plans(preprocessed) -> dict:
 
 
 def training_env(folders, epochs: int, **extra) -> dict:
-    return clean_env(folders, nnUNet_missingmod_num_epochs=epochs, nnUNet_missingmod_iterations_per_epoch=2,
-                     nnUNet_missingmod_val_iterations_per_epoch=1, **extra)
+    """A short training whose final validation predicts each case once (no test-time mirroring: 8
+    predictions a case less; the suite predicts with --disable_tta anyway)."""
+    settings = {"nnUNet_missingmod_num_epochs": epochs, "nnUNet_missingmod_iterations_per_epoch": 2,
+                "nnUNet_missingmod_val_iterations_per_epoch": 1, "nnUNet_missingmod_disable_tta": 1}
+    return clean_env(folders, **{**settings, **extra})
 
 
 @pytest.fixture(scope="session")

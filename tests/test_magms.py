@@ -105,8 +105,11 @@ def magms_model(nnunet_folders, preprocessed):
     command = ["nnUNetv2_train", DATASET_ID, CONFIGURATION, "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"]
     settings = {"nnUNet_missingmod_iterations_per_epoch": 1, "nnUNet_missingmod_val_iterations_per_epoch": 1,
                 **SERIAL}
+    # The first run's final validation mirrors (nnU-Net's test-time augmentation through MAG-MS's
+    # own network, the suite's one mirrored prediction); the resumed run's predicts each case once.
     run(command, clean_env(nnunet_folders, nnUNet_missingmod_num_epochs=1, **settings))
-    run(command + ["--c"], clean_env(nnunet_folders, nnUNet_missingmod_num_epochs=2, **settings))
+    run(command + ["--c"], clean_env(nnunet_folders, nnUNet_missingmod_num_epochs=2, nnUNet_missingmod_disable_tta=1,
+                                     **settings))
     return os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME, f"{TRAINER}__{PLANS}__{CONFIGURATION}")
 
 

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, make_trainer, run, training_log
+from conftest import (CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, make_trainer, run, training_env,
+                      training_log)
 from nnunet_missingmod.losses.attention_distillation import extreme_value_attention_loss, multiscale_feature_loss
 from nnunet_missingmod.losses.logit_distillation import logit_kl, probability_mse, sigmoid_rampup, standardize_logits
 from nnunet_missingmod.losses.style import (cross_layer_gram, cross_layer_gram_loss, discriminator_loss,
@@ -23,13 +24,13 @@ from nnunet_missingmod.training import MSTKDFrozenTeacherTrainer, MSTKDTeacherTr
 from nnunet_missingmod.training.base import unwrap
 from nnunet_missingmod.training.mstkd_teacher import TEACHER_VARIABLE
 
-SHORT = {"nnUNet_missingmod_iterations_per_epoch": 1, "nnUNet_missingmod_val_iterations_per_epoch": 1}
 TERMS = ["segmentation_student", "segmentation_teacher", "kl", "probability_mse", "attention", "multiscale_features",
          "gram", "adversarial", "discriminator"]
 
 
 def short_training(folders, epochs, **extra):
-    return clean_env(folders, nnUNet_missingmod_num_epochs=epochs, **SHORT, **extra)
+    """conftest's training_env with one iteration per epoch: an MST-KD iteration trains two networks."""
+    return training_env(folders, epochs, nnUNet_missingmod_iterations_per_epoch=1, **extra)
 
 
 def model_folder(nnunet_folders, trainer):

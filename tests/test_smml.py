@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, make_trainer, run, training_log
+from conftest import (CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, make_trainer, run, training_env,
+                      training_log)
 from nnunet_missingmod.losses.consistency import (class_fractions, pixel_consistency, prior_consistency,
                                                   reliability_gated_kl, relation_consistency)
 from nnunet_missingmod.modalities import available_modalities
@@ -67,8 +68,7 @@ def sam_priors(nnunet_folders, preprocessed):
 
 def short_training(folders, epochs: int) -> dict:
     """conftest's training_env with one iteration per epoch: an SMML iteration costs two networks."""
-    return clean_env(folders, nnUNet_missingmod_num_epochs=epochs, nnUNet_missingmod_iterations_per_epoch=1,
-                     nnUNet_missingmod_val_iterations_per_epoch=1)
+    return training_env(folders, epochs, nnUNet_missingmod_iterations_per_epoch=1)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from torch import nn
 from conftest import CONFIGURATION, DATASET_NAME, load_json, make_trainer, training_log
 from nnunet_missingmod.modalities import available_modalities
 from nnunet_missingmod.training import FullModalityTrainer, MissingModalityTrainer, ModalityDropoutTrainer
+from nnunet_missingmod.training.base import DISABLE_TTA_VARIABLE
 
 
 class UnmaskedImageTrainer(ModalityDropoutTrainer):
@@ -39,6 +40,8 @@ def test_train_then_resume_with_nnunet_commands(trained_model):
     assert checkpoint["current_epoch"] == 2
     assert not [f for f in os.listdir(fold) if f.endswith(".partial")]
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))  # nnU-Net's final validation ran
+    assert f"{DISABLE_TTA_VARIABLE}=1: no test-time mirroring" in log  # conftest's training_env sets it
+    assert checkpoint["inference_allowed_mirroring_axes"] is None
 
 
 # --- in-process checks of the pieces -----------------------------------------------------------
@@ -129,6 +132,21 @@ def test_one_channel_dataset_is_refused(preprocessed):
 def test_bad_length_override_is_refused(preprocessed, monkeypatch):
     monkeypatch.setenv("nnUNet_missingmod_num_epochs", "ten")
     with pytest.raises(ValueError, match="nnUNet_missingmod_num_epochs must be a positive integer"):
+        make_trainer(ModalityDropoutTrainer, preprocessed)
+
+
+def test_test_time_mirroring_is_dropped_from_the_model_on_request(preprocessed, monkeypatch):
+    """nnUNet_missingmod_disable_tta: the checkpoint's inference mirroring axes (what nnU-Net's final
+    validation and predictor use) are None; the training augmentation still mirrors."""
+    default = make_trainer(ModalityDropoutTrainer, preprocessed)
+    _, _, _, training_axes = default.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert default.inference_allowed_mirroring_axes == training_axes == (0, 1, 2)
+    monkeypatch.setenv(DISABLE_TTA_VARIABLE, "1")
+    trainer = make_trainer(ModalityDropoutTrainer, preprocessed)
+    _, _, _, training_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert trainer.inference_allowed_mirroring_axes is None and training_axes == (0, 1, 2)
+    monkeypatch.setenv(DISABLE_TTA_VARIABLE, "maybe")
+    with pytest.raises(ValueError, match=f"{DISABLE_TTA_VARIABLE} must be 1 or 0"):
         make_trainer(ModalityDropoutTrainer, preprocessed)
 
 

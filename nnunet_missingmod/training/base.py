@@ -13,7 +13,8 @@
 - atomic checkpoint writes (a crash while saving never leaves a truncated checkpoint);
 - seeded, repeatable training on request (``nnUNet_missingmod_seed`` or a ``seed`` attribute;
   :mod:`nnunet_missingmod.training.seeding`);
-- a training length that tests and demos can shorten through environment variables;
+- a training length that tests and demos can shorten through environment variables, and a model
+  without test-time mirroring on request (``nnUNet_missingmod_disable_tta``);
 - nnU-Net's CUDA path (compile, fp16 autocast, GradScaler) on the CPU on request, and the compile
   backend of every compiled module (:mod:`nnunet_missingmod.training.cuda_path`).
 
@@ -54,6 +55,11 @@ LENGTH_OVERRIDES = {
     "nnUNet_missingmod_iterations_per_epoch": "num_iterations_per_epoch",
     "nnUNet_missingmod_val_iterations_per_epoch": "num_val_iterations_per_epoch",
 }
+# Set to 1: the model has no test-time mirroring (nnU-Net's ``--disable_tta``, made the model's
+# default). nnU-Net's final validation then predicts each case once instead of 4-8 times, and so
+# does every later prediction that takes its mirroring axes from the checkpoint. Training and its
+# augmentation are unchanged. For tests, demos and studies that evaluate without mirroring anyway.
+DISABLE_TTA_VARIABLE = "nnUNet_missingmod_disable_tta"
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -135,10 +141,14 @@ class MissingModalityTrainer(nnUNetTrainer):
                     raise ValueError(f"environment variable {variable} must be a positive integer, got {value}")
                 setattr(self, attribute, value)
                 self._length_overrides[variable] = value
+        self.disables_tta = cuda_path.flag(DISABLE_TTA_VARIABLE)
 
     def on_train_start(self):
         for variable, value in self._length_overrides.items():
             self.print_to_log_file(f"{variable}={value} shortens training ({LENGTH_OVERRIDES[variable]})")
+        if self.disables_tta:
+            self.print_to_log_file(f"{DISABLE_TTA_VARIABLE}=1: no test-time mirroring in the final validation "
+                                   f"and in predictions from this model's checkpoints")
         self.print_to_log_file(f"modalities: {', '.join(self.modalities.names)}; masking: "
                                f"{self.subset_sampling if self.mask_modalities else 'off'}")
         self.print_to_log_file(f"seed: {self.seed} ({SEED_VARIABLE} or the trainer's seed attribute)"
@@ -151,6 +161,13 @@ class MissingModalityTrainer(nnUNetTrainer):
         super().on_train_start()
 
     # --- data ----------------------------------------------------------------------------------
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's choice; only the inference mirroring axes (saved in checkpoints) are dropped on request."""
+        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.disables_tta:
+            self.inference_allowed_mirroring_axes = None
+        return configured
 
     def build_masking_transform(self) -> ModalityMaskingTransform:
         return ModalityMaskingTransform(

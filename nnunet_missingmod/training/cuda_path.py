@@ -31,7 +31,7 @@ DEFAULT_BACKEND = "inductor"
 AUTOCAST_DTYPE = torch.float16  # what CUDA's autocast uses, and nnU-Net with it
 
 
-def _flag(name: str) -> bool:
+def flag(name: str) -> bool:
     value = os.environ.get(name, "").strip().lower()
     if value in ("", "0", "f", "false", "no"):
         return False
@@ -42,7 +42,7 @@ def _flag(name: str) -> bool:
 
 def emulated(device: torch.device) -> bool:
     """Whether a trainer on ``device`` takes nnU-Net's CUDA path without CUDA."""
-    return device.type == "cpu" and _flag(CUDA_PATH_VARIABLE)
+    return device.type == "cpu" and flag(CUDA_PATH_VARIABLE)
 
 
 def compile_requested() -> bool:
