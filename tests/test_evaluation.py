@@ -10,7 +10,7 @@ from conftest import CONFIGURATION, DATASET_ID, TRAINER, clean_env, load_json, r
 from nnunet_missingmod.inference.cases import CaseError
 from nnunet_missingmod.inference.evaluate_missing import evaluate_missing
 from nnunet_missingmod.inference.records import EvaluationStateError
-from nnunet_missingmod.inference.scoring import score_prediction
+from nnunet_missingmod.inference.scoring import Conventions, score_prediction
 
 SUBSETS_IN_ORDER = ["T1", "T1ce", "T2", "FLAIR", "T1+T1ce", "T1+T2", "T1+FLAIR", "T1ce+T2", "T1ce+FLAIR", "T2+FLAIR",
                     "T1+T1ce+T2", "T1+T1ce+FLAIR", "T1+T2+FLAIR", "T1ce+T2+FLAIR", "T1+T1ce+T2+FLAIR"]
@@ -22,7 +22,7 @@ def evaluation(nnunet_folders, raw_dataset, trained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation") / "all_subsets"
     result = run(["nnUNetv2_evaluate_missing", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0",
                   "-i", os.path.join(raw_dataset, "imagesTs"), "-o", out, "-device", "cpu", "--disable_tta",
-                  "--save_predictions", "--figures", "1"], clean_env(nnunet_folders))
+                  "--save_predictions", "--figures", "1", "--hd95", "brats2023"], clean_env(nnunet_folders))
     return out, result
 
 
@@ -34,15 +34,19 @@ def test_reports_cover_every_case_subset_and_region(evaluation, raw_dataset):
     assert {(r["case"], r["subset"], r["region"]) for r in rows} == {
         (c, s, r) for c in cases for s in SUBSETS_IN_ORDER for r in REGIONS}
     for r in rows:
-        assert 0 <= float(r["dice"]) <= 1 and 0 <= float(r["hd95"]) <= 373.13
+        assert 0 <= float(r["dice"]) <= 1 and 0 <= float(r["hd95"]) <= 374
         assert 0 <= float(r["lesion_dice"]) <= 1 and 0 <= float(r["lesion_hd95"]) <= 374
     summary = load_json(out / "summary.json")
     assert summary["subsets"] == SUBSETS_IN_ORDER
+    # --hd95 brats2023: the legacy HD95 and its penalty are the BraTS 2023 script's, and say so
+    assert summary["conventions"]["hd95"] == summary["conventions"]["lesion_hd95"] == "brats2023"
+    assert summary["conventions"]["hd95_one_empty"] == summary["conventions"]["lesion_penalty_hd95"] == 374
     table = (out / "table.md").read_text()
     positions = [table.index(f"| {s} ") for s in SUBSETS_IN_ORDER]
     assert positions == sorted(positions) and "Mean" in table
     assert table.strip() in result.stdout  # the command prints the table
     assert "Dice ETpp (%)" in table and "Lesion-wise (BraTS 2023+ GLI" in table
+    assert "HD95 in mm, the BraTS 2023 script's: surfel-area weighted" in table and "(374 when exactly one" in table
     # the synthetic voxels are far from BraTS' 1 mm^3: the user is told what RFNet's 500 voxels mean here
     assert "note: ETpp counts a predicted ET of fewer than 500 voxels" in result.stderr
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -58,7 +62,7 @@ def test_saved_predictions_match_the_per_case_scores(evaluation, raw_dataset):
     reference = sitk.ReadImage(os.path.join(raw_dataset, "labelsTs", f"{case}.nii.gz"))
     scores = score_prediction(sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(reference),
                               {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)},
-                              reference.GetSpacing()[::-1])
+                              reference.GetSpacing()[::-1], Conventions(hd95="brats2023"))
     for row in (r for r in rows if r["case"] == case):
         for metric in ("dice", "hd95", "lesion_dice", "lesion_hd95"):
             assert float(row[metric]) == pytest.approx(scores[row["region"]][metric], abs=1e-4), metric

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunet_missingmod.inference import hausdorff
 from nnunet_missingmod.inference.cases import (CaseError, attach_labels, check_case, find_cases, read_case,
                                                read_label)
 from nnunet_missingmod.inference.figures import case_figure
@@ -256,7 +257,8 @@ def merge_evaluation(output_folder: str) -> dict:
     """The reports of a finished evaluation from the records of all its parts."""
     identity, records = merged_records(output_folder)
     title = f"{identity['trainer']} on {os.path.basename(identity['images'])} ({len(identity['cases'])} cases)"
-    return write_reports(records, identity["subsets"], list(identity["regions"]), output_folder, title=title)
+    return write_reports(records, identity["subsets"], list(identity["regions"]), output_folder, title=title,
+                         conventions=identity["conventions"])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -288,6 +290,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--et_min_voxels", type=int, default=None,
                         help=f"ETpp: a predicted ET of fewer voxels counts as none (default: RFNet's "
                              f"{Conventions.et_min_voxels}, set on BraTS' 1 mm grid)")
+    parser.add_argument("--hd95", choices=hausdorff.CONVENTIONS, default=hausdorff.DEFAULT_CONVENTION,
+                        help="the legacy HD95's convention: medpy (pooled surface distances, 373.13 mm when one side is "
+                             "empty; what the missing-modality papers report; default) or brats2023 (the BraTS 2023 "
+                             "script's surfel-weighted HD95, 374 mm). Lesion-wise HD95 is always brats2023")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -311,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                        args.save_predictions, args.overwrite, figures=args.figures,
                                        continue_evaluation=args.continue_evaluation, num_parts=args.num_parts,
                                        part_id=args.part_id, num_workers=args.num_workers,
-                                       conventions=Conventions(et_min_voxels=et_min_voxels))
+                                       conventions=Conventions(et_min_voxels=et_min_voxels, hd95=args.hd95))
             if summary is None:
                 print(f"part {args.part_id} of {args.num_parts} done; when every part is, merge them: "
                       f"nnUNetv2_evaluate_missing --merge -o {args.output_folder}")

@@ -17,10 +17,10 @@ definition is re-implemented, not copied):
 5. Lesion-wise Dice and HD95 are the sums over scored lesions and false positives divided by
    their number; with neither (nothing to find, nothing found) Dice 1 and HD95 0.
 
-One deviation: a lesion's HD95 is this package's medpy-style HD95 (both directions' surface
-distances pooled, 95th percentile, in mm), where the script uses DeepMind's surfel-weighted
-``compute_robust_hausdorff``. Both weight the voxel spacing; they differ by a fraction of a voxel
-on smooth surfaces.
+A lesion's HD95 is the script's: surface-distance's surfel-weighted robust Hausdorff at 95 %, in
+mm with the voxel spacing (``hausdorff``, convention ``brats2023``). ``hd95_convention="medpy"``
+gives the pooled percentile of medpy, panoptica and ``brats-evaluation`` instead; the two differ
+by several mm on lesions with a thin leak or speckle (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnunet_missingmod.inference.metrics import dice, hd95
+from nnunet_missingmod.inference.hausdorff import ONE_EMPTY, hd95
+from nnunet_missingmod.inference.metrics import dice
 
 GLI_DILATION = 3  # BraTS 2023 GLI, SSA and PED; MEN and MET use 1
 MIN_LESION_VOLUME_MM3 = 50.0  # GLI, SSA, PED, MEN; MET uses 2
-HD95_PENALTY = 374.0  # the script's value for a missed or a false positive lesion
+HD95_PENALTY = ONE_EMPTY["brats2023"]  # the script's 374 mm for a missed or a false positive lesion
+HD95_CONVENTION = "brats2023"
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def _union(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...]:
 
 def lesion_wise_scores(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float],
                        dilation: int = GLI_DILATION, min_volume: float = MIN_LESION_VOLUME_MM3,
-                       penalty: float = HD95_PENALTY) -> LesionScores:
+                       penalty: float = HD95_PENALTY, hd95_convention: str = HD95_CONVENTION) -> LesionScores:
     """Lesion-wise Dice and HD95 of two boolean masks (see the module docstring); ``spacing`` in
     mm in the arrays' axis order."""
     prediction, reference = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
@@ -96,7 +98,7 @@ def lesion_wise_scores(prediction: np.ndarray, reference: np.ndarray, spacing: S
         predicted = np.isin(predicted_components[box], touching) if touching else np.zeros_like(lesion)
         missed += not touching
         dices.append(dice(predicted, lesion))
-        distances.append(hd95(predicted, lesion, spacing, one_empty=penalty))
+        distances.append(hd95(predicted, lesion, spacing, hd95_convention, one_empty=penalty))
     false_positives = len(predicted_boxes) - len(matched)
     count = len(dices) + false_positives
     if count == 0:

@@ -2,8 +2,8 @@
 
 Written here rather than imported because none of the usual tools gives the numbers the papers
 print on every case: medpy (GPL) raises on empty masks, MONAI returns NaN for HD95 when one mask
-is empty, DeepMind's surface-distance breaks with NumPy 2, and the BraTS tools ignore the voxel
-spacing. Only numpy and scipy.ndimage are used.
+is empty, and DeepMind's surface-distance (the BraTS 2023 script's HD95) fails on an empty mask
+with NumPy 2 (``np.Inf``) and is not maintained. HD95 is in :mod:`hausdorff`, in both conventions.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
 
-# HD95 when exactly one mask is empty: the diagonal of the 240 x 240 x 155 BraTS (SRI-24) volume
-# at 1 mm, sqrt(240^2 + 240^2 + 155^2) = 373.1287 mm, as the BraTS evaluations report it.
-HD95_ONE_EMPTY = 373.13
+from nnunet_missingmod.inference.hausdorff import DEFAULT_CONVENTION, ONE_EMPTY, hd95
+
+HD95_ONE_EMPTY = ONE_EMPTY["medpy"]  # the legacy HD95 of the papers' convention, when exactly one mask is empty
 
 _SHORT_NAMES = {"wholetumor": "WT", "wholetumour": "WT", "wt": "WT",
                 "tumorcore": "TC", "tumourcore": "TC", "tc": "TC",
@@ -39,52 +38,8 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(2 * np.count_nonzero(pred & ref) / total)
 
 
-def _union_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of a | b grown by one voxel (clipped to the array). The margin keeps the
-    erosion identical to the one on the full volume, and the exact Euclidean distance transform
-    of the crop equals the full one because every surface voxel lies inside it."""
-    union = a | b
-    box = []
-    for axis in range(union.ndim):
-        hit = np.flatnonzero(np.any(union, axis=tuple(i for i in range(union.ndim) if i != axis)))
-        box.append(slice(max(hit[0] - 1, 0), min(hit[-1] + 2, union.shape[axis])))
-    return tuple(box)
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """medpy's surface: the mask minus its erosion by the connectivity-1 cross (voxels at the
-    array edge count as surface, as erosion treats outside as background)."""
-    footprint = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=footprint)
-
-
-def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], one_empty: float = HD95_ONE_EMPTY) -> float:
-    """95th percentile of the symmetric surface distances in mm (medpy's ``hd95``).
-
-    ``spacing`` is the voxel size in mm in the axis order of the arrays (nnU-Net's readers already
-    give it so). Both empty -> 0.0; exactly one empty -> ``one_empty``; otherwise the
-    distances from each surface voxel of one mask to the nearest surface voxel of the other, both
-    directions pooled, and ``np.percentile(d, 95)``. The work is done on the bounding box of the
-    union, so a small tumour in a large volume costs what the tumour costs.
-    """
-    pred, ref = _pair(pred, ref)
-    spacing = tuple(float(s) for s in np.atleast_1d(spacing))
-    if len(spacing) != pred.ndim:
-        raise ValueError(f"spacing {spacing} does not match the {pred.ndim} axes of the masks")
-    has_pred, has_ref = pred.any(), ref.any()
-    if not (has_pred or has_ref):
-        return 0.0
-    if not (has_pred and has_ref):
-        return float(one_empty)
-    box = _union_box(pred, ref)
-    pred_surface, ref_surface = _surface(pred[box]), _surface(ref[box])
-    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)[pred_surface]
-    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[ref_surface]
-    return float(np.percentile(np.concatenate([to_ref, to_pred]), 95))
-
-
 def region_metrics(pred_seg: np.ndarray, ref_seg: np.ndarray, regions: Mapping[str, Sequence[int]],
-                   spacing: Sequence[float]) -> dict[str, dict[str, float]]:
+                   spacing: Sequence[float], hd95_convention: str = DEFAULT_CONVENTION) -> dict[str, dict[str, float]]:
     """``{region: {"dice", "hd95"}}`` where a region is the set of voxels whose label is in its
     label set (BraTS: whole_tumor = labels 1, 2, 3), the way the papers score WT, TC and ET."""
     pred_seg, ref_seg = np.asarray(pred_seg), np.asarray(ref_seg)
@@ -94,7 +49,7 @@ def region_metrics(pred_seg: np.ndarray, ref_seg: np.ndarray, regions: Mapping[s
     for name, labels in regions.items():
         labels = list(np.atleast_1d(labels))
         pred, ref = np.isin(pred_seg, labels), np.isin(ref_seg, labels)
-        scores[name] = {"dice": dice(pred, ref), "hd95": hd95(pred, ref, spacing)}
+        scores[name] = {"dice": dice(pred, ref), "hd95": hd95(pred, ref, spacing, hd95_convention)}
     return scores
 
 

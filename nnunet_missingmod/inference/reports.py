@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from nnunet_missingmod.inference.hausdorff import DESCRIPTIONS
 from nnunet_missingmod.inference.metrics import short_region_name
 
 KEYS = ("case", "subset", "region")
@@ -137,14 +138,21 @@ def markdown_table(summary: dict, title: Optional[str] = None) -> str:
     lines += _metric_table(summary, "dice", "hd95")
     counts = sorted({c["n_cases"] for s in summary["per_subset"].values() for c in s.values()})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    conventions = summary.get("conventions")
+    hd95_note = ("HD95 in mm (373.13 when exactly one of prediction and reference is empty)." if conventions is None
+                 else f"HD95 in mm, {DESCRIPTIONS[conventions['hd95']]} ({conventions['hd95_one_empty']:g} when "
+                      f"exactly one of prediction and reference is empty).")
     lines += ["", f"Mean over {n} cases per subset; {MEAN_ROW} = mean over the {len(summary['subsets'])} subsets. "
-                  f"Dice in %, HD95 in mm (373.13 when exactly one of prediction and reference is empty)."
+                  f"Dice in %, {hd95_note}"
                   + (" ETpp: ET with a predicted ET under the RFNet threshold counted as none."
                      if any(short_region_name(r) == "ETpp" for r in summary["regions"]) else "")]
     first = summary["per_subset"][summary["subsets"][0]][summary["regions"][0]]
     if "lesion_dice" in first:
+        penalty = 374 if conventions is None else conventions["lesion_penalty_hd95"]
+        distance = "" if conventions is None else f"; HD95 {DESCRIPTIONS[conventions['lesion_hd95']]}"
         lines += ["", "Lesion-wise (BraTS 2023+ GLI: reference lesions merged within 3 dilations, lesions of at most "
-                      "50 mm^3 ignored, a missed or false positive lesion scores Dice 0 and HD95 374 mm):", ""]
+                      f"50 mm^3 ignored, a missed or false positive lesion scores Dice 0 and HD95 {penalty:g} mm"
+                      f"{distance}):", ""]
         lines += _metric_table(summary, "lesion_dice", "lesion_hd95")
     return "\n".join(lines) + "\n"
 
@@ -207,11 +215,14 @@ def write_heatmap(summary: dict, path: str) -> None:
 
 
 def write_reports(records: Sequence[dict], subsets: Sequence[str], regions: Sequence[str], output_folder: str,
-                  title: Optional[str] = None) -> dict:
+                  title: Optional[str] = None, conventions: Optional[dict] = None) -> dict:
     """Write ``per_case.csv``, ``summary.json``, ``table.md`` and ``heatmap.png`` into
-    ``output_folder`` (created if needed) and return the summary."""
+    ``output_folder`` (created if needed) and return the summary. ``conventions`` (the scoring's,
+    ``Conventions.as_dict()``) go into the summary and the table's notes."""
     os.makedirs(output_folder, exist_ok=True)
     summary = summarize(records, subsets, regions)
+    if conventions is not None:
+        summary["conventions"] = dict(conventions)
     write_per_case_csv(records, os.path.join(output_folder, "per_case.csv"))
     write_markdown_table(summary, os.path.join(output_folder, "table.md"), title=title)
     write_heatmap(summary, os.path.join(output_folder, "heatmap.png"))

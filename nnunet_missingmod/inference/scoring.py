@@ -1,7 +1,8 @@
 """What one prediction scores, in every convention the community reports.
 
 Per region of the dataset: the legacy Dice and HD95 (``metrics``: both empty 1 / 0 mm, one empty
-0 / 373.13 mm) and the BraTS 2023+ lesion-wise Dice and HD95 (``lesion_wise``). Beside the
+0 and the HD95 convention's penalty, 373.13 mm for ``medpy``, 374 mm for ``brats2023``) and the
+BraTS 2023+ lesion-wise Dice and HD95 (``lesion_wise``, HD95 as the 2023 script). Beside the
 regions, where the dataset has an enhancing tumour region: **ETpp**, the RFNet-family
 post-processed ET (a predicted ET of fewer than ``et_min_voxels`` voxels counts as no ET). As in
 RFNet's ``softmax_output_dice_class4`` (``predict.py``; mmFormer and M2FTrans have the same code),
@@ -17,8 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_missingmod.inference import lesion_wise
-from nnunet_missingmod.inference.metrics import HD95_ONE_EMPTY, dice, hd95, short_region_name
+from nnunet_missingmod.inference import hausdorff, lesion_wise
+from nnunet_missingmod.inference.metrics import dice, short_region_name
 
 POSTPROCESSED_SUFFIX = "_postprocessed"
 
@@ -29,7 +30,16 @@ class Conventions:
     lesion_dilation: int = lesion_wise.GLI_DILATION  # BraTS 2023+ GLI: 3 dilations of the reference
     lesion_min_volume: float = lesion_wise.MIN_LESION_VOLUME_MM3  # reference lesions this small (mm^3) are ignored
     lesion_penalty_hd95: float = lesion_wise.HD95_PENALTY  # a missed or false lesion's HD95, mm
-    hd95_one_empty: float = HD95_ONE_EMPTY
+    lesion_hd95: str = lesion_wise.HD95_CONVENTION  # the 2023 script's surfel-weighted HD95
+    hd95: str = hausdorff.DEFAULT_CONVENTION  # the legacy HD95: "medpy" (the papers') or "brats2023"
+    hd95_one_empty: float | None = None  # None: the legacy convention's own penalty (hausdorff.ONE_EMPTY)
+
+    def __post_init__(self):
+        for field, value in (("hd95", self.hd95), ("lesion_hd95", self.lesion_hd95)):
+            if value not in hausdorff.CONVENTIONS:
+                raise ValueError(f"{field} convention {value!r} is not one of {', '.join(hausdorff.CONVENTIONS)}")
+        if self.hd95_one_empty is None:
+            object.__setattr__(self, "hd95_one_empty", hausdorff.ONE_EMPTY[self.hd95])
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +99,9 @@ def score_prediction(prediction: np.ndarray, reference: np.ndarray, regions: Map
                 continue
             predicted = kept
         lesions = lesion_wise.lesion_wise_scores(predicted, expected, spacing, conventions.lesion_dilation,
-                                                 conventions.lesion_min_volume, conventions.lesion_penalty_hd95)
-        scores[name] = {"dice": dice(predicted, expected), "hd95": hd95(predicted, expected, spacing, conventions.hd95_one_empty),
+                                                 conventions.lesion_min_volume, conventions.lesion_penalty_hd95,
+                                                 conventions.lesion_hd95)
+        legacy_hd95 = hausdorff.hd95(predicted, expected, spacing, conventions.hd95, conventions.hd95_one_empty)
+        scores[name] = {"dice": dice(predicted, expected), "hd95": legacy_hd95,
                         "lesion_dice": lesions.dice, "lesion_hd95": lesions.hd95}
     return scores
