@@ -51,11 +51,20 @@ def test_cases_are_shared_among_parts_as_nnunet_predict_shares_them():
         cases_of_part(cases, 2, 2)
 
 
-def test_two_parts_run_as_two_processes_merge_to_the_single_run(trained_model, folders, nnunet_folders,
-                                                                single_run, tmp_path):
+def test_two_parts_run_as_two_processes_merge_to_the_single_run(predictor, other_model, trained_model, folders,
+                                                                nnunet_folders, single_run, tmp_path):
+    """As a job array reruns after a model change: the folder holds both parts of another model's
+    evaluation, the parts start together with --overwrite, and part 1 reads a copy of the test set
+    mounted at another path. Neither refuses the other, and the merge equals one single run."""
     out = str(tmp_path / "sharded")
+    for k in (0, 1):
+        evaluate_missing(other_model, *folders, out, subsets=["T1ce"], num_parts=2, part_id=k, show_progress=False)
+    mount = tmp_path / "node_2" / "data"
+    for folder in folders:
+        shutil.copytree(folder, mount / os.path.basename(folder))
     env = clean_env(nnunet_folders)
-    parts = [subprocess.Popen(command(trained_model, folders, out, "-num_parts", "2", "-part_id", str(k), "-np", "1"),
+    parts = [subprocess.Popen(command(trained_model, (str(mount / os.path.basename(folders[0])),) if k else folders,
+                                      out, "-num_parts", "2", "-part_id", str(k), "-np", "1", "--overwrite"),
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
     outputs = [p.communicate(timeout=1200)[0] for p in parts]
     assert [p.returncode for p in parts] == [0, 0], outputs
@@ -153,9 +162,51 @@ def test_a_label_the_dataset_does_not_define_is_named_and_earlier_cases_are_kept
     relabelled.CopyInformation(image)
     sitk.WriteImage(relabelled, str(labels / last))
     out = tmp_path / "out"
+    evaluate_missing(predictor, *folders, str(out), subsets=["T1ce"], show_progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # The pre-pass reads every case before anything is written: even --overwrite loses nothing.
     with pytest.raises(CaseError, match=rf"{last} holds label\(s\) \[7\] that dataset.json does not define"):
-        evaluate_missing(predictor, folders[0], str(labels), str(out), subsets=["T1ce"], show_progress=False)
-    assert len(os.listdir(out / "records")) == 1  # the first case's scores survive, to be continued
+        evaluate_missing(predictor, folders[0], str(labels), str(out), subsets=["T1ce"], overwrite=True,
+                         show_progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # --skip_data_check: headers only before the run; the label is read when its case is reached.
+    skipped = tmp_path / "skipped"
+    with pytest.raises(CaseError, match=rf"{last} holds label\(s\) \[7\]"):
+        evaluate_missing(predictor, folders[0], str(labels), str(skipped), subsets=["T1ce"], check_data=False,
+                         show_progress=False)
+    assert len(os.listdir(skipped / "records")) == 1  # the first case's scores survive, to be continued
+
+
+def test_the_identity_holds_the_data_and_what_a_case_writes(predictor, folders, tmp_path):
+    """Data changed under the same names is another test set; adding --save_predictions or
+    --figures to a resumed run would leave the cases already scored without them."""
+    data = tmp_path / "data"
+    images, labels = (str(data / os.path.basename(f)) for f in folders)
+    for folder, copy_to in zip(folders, (images, labels)):
+        shutil.copytree(folder, copy_to)
+    out = str(tmp_path / "out")
+    evaluate_missing(predictor, images, labels, out, subsets=["T1ce"], num_parts=2, part_id=0, show_progress=False)
+    last = os.path.join(labels, sorted(os.listdir(labels))[-1])
+    image = sitk.ReadImage(last)
+    array = sitk.GetArrayFromImage(image)
+    assert (array == 2).any()
+    array[array == 2] = 1  # an edit in place: same name, same size class, defined labels only
+    edited = sitk.GetImageFromArray(array)
+    edited.CopyInformation(image)
+    sitk.WriteImage(edited, last)
+    with pytest.raises(EvaluationStateError, match=r"holds another evaluation .*data: "):
+        evaluate_missing(predictor, images, labels, out, subsets=["T1ce"], num_parts=2, part_id=1,
+                         show_progress=False)
+    with pytest.raises(EvaluationStateError, match=r"holds another evaluation .*data: "):
+        evaluate_missing(predictor, images, labels, out, subsets=["T1ce"], num_parts=2, part_id=0,
+                         continue_evaluation=True, show_progress=False)
+
+    finished = str(tmp_path / "finished")
+    evaluate_missing(predictor, images, labels, finished, subsets=["T1ce"], show_progress=False)
+    for extra in ({"save_predictions": True}, {"figures": 1}):
+        with pytest.raises(EvaluationStateError, match=r"holds another evaluation .*outputs: "):
+            evaluate_missing(predictor, images, labels, finished, subsets=["T1ce"], continue_evaluation=True,
+                             show_progress=False, **extra)
 
 
 def test_an_image_with_nan_is_named(predictor, folders, tmp_path):

@@ -163,6 +163,27 @@ def read_case(case: RawCase, modalities: Modalities, reader) -> tuple[np.ndarray
     return data, loaded[0][2], missing
 
 
+def defined_label_values(dataset_json: dict) -> set[int]:
+    """Every label value dataset.json defines (regions list their labels; background included)."""
+    return {int(v) for value in dataset_json["labels"].values() for v in np.atleast_1d(value)}
+
+
+def check_labels(case: RawCase, reference: np.ndarray, defined: set[int]) -> None:
+    unknown = [int(v) if float(v).is_integer() else v for v in np.unique(reference).tolist() if v not in defined]
+    if unknown:
+        raise CaseError(f"case {case.case_id}: {case.label_file} holds label(s) {unknown} that dataset.json does not "
+                        f"define (it defines {sorted(defined)})")
+
+
+def check_case_data(case: RawCase, modalities: Modalities, reader, defined_labels: set[int]) -> None:
+    """Everything :func:`check_case` cannot see in headers: every file decodes, images hold one
+    channel of finite values on one grid, the label matches them and holds only defined values.
+    Reads the whole case, as the evaluation will."""
+    raw, _, _ = read_case(case, modalities, reader)
+    reference, _ = read_label(case, reader, raw.shape[1:])
+    check_labels(case, reference, defined_labels)
+
+
 def read_label(case: RawCase, reader, image_shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
     """The reference segmentation ``(*spatial)``; it must match the images' shape."""
     try:

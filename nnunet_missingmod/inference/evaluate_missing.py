@@ -26,13 +26,13 @@ import torch
 from tqdm import tqdm
 
 from nnunet_missingmod.inference import hausdorff
-from nnunet_missingmod.inference.cases import (CaseError, attach_labels, check_case, find_cases, read_case,
-                                               read_label)
+from nnunet_missingmod.inference.cases import (CaseError, attach_labels, check_case, check_case_data, check_labels,
+                                               defined_label_values, find_cases, read_case, read_label)
 from nnunet_missingmod.inference.figures import case_figure
 from nnunet_missingmod.inference.metrics import regions_from_dataset_json
 from nnunet_missingmod.inference.model import add_model_arguments, predictor_from_args
 from nnunet_missingmod.inference.records import (EvaluationFolder, EvaluationStateError, check_part,
-                                                 merged_records, weights_digest)
+                                                 merged_records, test_set_digest, weights_digest)
 from nnunet_missingmod.inference.reports import write_reports
 from nnunet_missingmod.inference.scoring import (Conventions, enhancing_region, etpp_threshold_note, score_prediction,
                                                  scored_regions)
@@ -108,22 +108,42 @@ def _run_in_worker(*args):
 
 
 def evaluation_identity(predictor, subsets: Sequence[str], regions: dict, conventions: Conventions,
-                        case_ids: Sequence[str], image_folder: str, label_folder: str) -> dict:
-    """Everything a score depends on (see :mod:`.records`)."""
+                        cases: dict, data_digest: str, save_predictions: bool, figures: int) -> dict:
+    """Everything a score, or a file a case writes, depends on (see :mod:`.records`)."""
     return {"trainer": predictor.trainer_name, "plans": predictor.plans_manager.plans_name,
             "configuration": predictor.configuration_manager.configuration,
             "weights": weights_digest(predictor.list_of_parameters), "networks": len(predictor.list_of_parameters),
             "mirroring": bool(predictor.use_mirroring), "step_size": float(predictor.tile_step_size),
             "subsets": list(subsets), "regions": {k: list(v) for k, v in regions.items()},
-            "conventions": conventions.as_dict(), "cases": sorted(case_ids),
-            "images": os.path.abspath(image_folder), "labels": os.path.abspath(label_folder)}
+            "conventions": conventions.as_dict(), "cases": sorted(cases), "data": data_digest,
+            "outputs": {"save_predictions": bool(save_predictions), "figures": sorted(cases)[:figures]}}
+
+
+def check_inputs(cases: dict, modalities: Modalities, reader, defined_labels: set[int], check_data: bool,
+                 num_threads: int) -> None:
+    """The pre-pass: every case's headers (one grid, a label), then, with ``check_data``, every
+    file decoded and checked (:func:`.cases.check_case_data`), in threads; the first bad case
+    stops the run, before anything is written."""
+    for case in cases.values():
+        check_case(case, modalities, reader)
+    if not check_data:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max(num_threads, 1)) as pool:
+        checks = [pool.submit(check_case_data, case, modalities, reader, defined_labels) for case in cases.values()]
+        try:
+            for check in checks:
+                check.result()
+        finally:
+            for check in checks:
+                check.cancel()
 
 
 def evaluate_missing(predictor, image_folder: str, label_folder: str, output_folder: str,
                      subsets: Optional[Sequence[str]] = None, save_predictions: bool = False,
                      overwrite: bool = False, show_progress: bool = True, figures: int = 0,
                      continue_evaluation: bool = False, num_parts: int = 1, part_id: int = 0,
-                     num_workers: int = 0, conventions: Conventions = Conventions()) -> Optional[dict]:
+                     num_workers: int = 0, conventions: Conventions = Conventions(),
+                     check_data: bool = True) -> Optional[dict]:
     """Score ``predictor`` on every case of ``image_folder`` (or part ``part_id`` of ``num_parts``)
     under each subset; returns the summary, or None for one part of several (merge them with
     :func:`merge_evaluation`).
@@ -131,6 +151,8 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
     ``figures``: for the first ``figures`` cases, a picture of the modalities, the reference and
     the prediction under each subset (``figures/<case>.png``, :mod:`.figures`). ``num_workers``:
     processes that export, save and score while the device predicts (0: in this process).
+    ``check_data``: decode and check every file of this part's cases before anything is written
+    (otherwise headers before, contents when each case is reached).
     """
     dataset_json = predictor.dataset_json
     modalities = Modalities.from_dataset_json(dataset_json)
@@ -144,25 +166,28 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
     all_cases = find_cases(image_folder, file_ending, modalities)
     if not all_cases:
         raise CaseError(f"no case files (CASE_XXXX{file_ending}) in {image_folder}")
-    folder = EvaluationFolder(output_folder, evaluation_identity(
-        predictor, subset_names, scored_regions(regions), conventions, list(all_cases), image_folder, label_folder),
-        list(all_cases), num_parts, part_id)
-    cases = {c: all_cases[c] for c in folder.cases}
-    for case in cases.values():
+    for case in all_cases.values():
         if case.missing(len(modalities)):
             absent = ", ".join(modalities.names[c] for c in case.missing(len(modalities)))
             raise CaseError(f"case {case.case_id} lacks {absent} in {image_folder}; the evaluation removes "
                             f"modalities itself and needs every test case complete")
-    attach_labels(cases, label_folder, file_ending)
+    attach_labels(all_cases, label_folder, file_ending)
+    threads = max(num_workers, 2)
+    data_digest = test_set_digest({c: [*case.files.values(), case.label_file] for c, case in all_cases.items()},
+                                  threads)
+    identity = evaluation_identity(predictor, subset_names, scored_regions(regions), conventions, all_cases,
+                                   data_digest, save_predictions, figures)
+    folder = EvaluationFolder(output_folder, identity, list(all_cases), num_parts, part_id,
+                              title=os.path.basename(os.path.normpath(image_folder)))
+    cases = {c: all_cases[c] for c in folder.cases}
     plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
     reader = plans_manager.image_reader_writer_class()
-    for case in cases.values():  # every case, label included, before anything runs or is written
-        check_case(case, modalities, reader)
+    defined_labels = defined_label_values(dataset_json)
+    check_inputs(cases, modalities, reader, defined_labels, check_data, threads)  # before anything is written
     todo = folder.open(overwrite, continue_evaluation)
 
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     preprocess_once = set(configuration_manager.normalization_schemes) <= ZERO_PRESERVING_NORMALIZATIONS
-    defined_labels = defined_label_values(dataset_json)
 
     def preprocess(raw: np.ndarray, properties: dict):
         data, _, properties = preprocessor.run_case_npy(raw, None, copy.deepcopy(properties), plans_manager,
@@ -241,22 +266,11 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
     return merge_evaluation(output_folder)
 
 
-def defined_label_values(dataset_json: dict) -> set[int]:
-    """Every label value dataset.json defines (regions list their labels; background included)."""
-    return {int(v) for value in dataset_json["labels"].values() for v in np.atleast_1d(value)}
-
-
-def check_labels(case, reference: np.ndarray, defined: set[int]) -> None:
-    unknown = [int(v) if float(v).is_integer() else v for v in np.unique(reference).tolist() if v not in defined]
-    if unknown:
-        raise CaseError(f"case {case.case_id}: {case.label_file} holds label(s) {unknown} that dataset.json does not "
-                        f"define (it defines {sorted(defined)})")
-
-
 def merge_evaluation(output_folder: str) -> dict:
     """The reports of a finished evaluation from the records of all its parts."""
-    identity, records = merged_records(output_folder)
-    title = f"{identity['trainer']} on {os.path.basename(identity['images'])} ({len(identity['cases'])} cases)"
+    part, records = merged_records(output_folder)
+    identity = part["identity"]
+    title = f"{identity['trainer']} on {part['title']} ({len(identity['cases'])} cases)"
     return write_reports(records, identity["subsets"], list(identity["regions"]), output_folder, title=title,
                          conventions=identity["conventions"])
 
@@ -294,6 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="the legacy HD95's convention: medpy (pooled surface distances, 373.13 mm when one side is "
                              "empty; what the missing-modality papers report; default) or brats2023 (the BraTS 2023 "
                              "script's surfel-weighted HD95, 374 mm). Lesion-wise HD95 is always brats2023")
+    parser.add_argument("--skip_data_check", action="store_true",
+                        help="check only the files' headers before the run (grids, labels present); their contents "
+                             "(decoding, finite values, label values) are then checked when each case is reached, "
+                             "after the run has started writing")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -317,7 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                        args.save_predictions, args.overwrite, figures=args.figures,
                                        continue_evaluation=args.continue_evaluation, num_parts=args.num_parts,
                                        part_id=args.part_id, num_workers=args.num_workers,
-                                       conventions=Conventions(et_min_voxels=et_min_voxels, hd95=args.hd95))
+                                       conventions=Conventions(et_min_voxels=et_min_voxels, hd95=args.hd95),
+                                       check_data=not args.skip_data_check)
             if summary is None:
                 print(f"part {args.part_id} of {args.num_parts} done; when every part is, merge them: "
                       f"nnUNetv2_evaluate_missing --merge -o {args.output_folder}")

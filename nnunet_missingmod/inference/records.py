@@ -9,12 +9,18 @@ An output folder holds::
 The identity is everything a score depends on: the networks' weights (a digest of every
 parameter set the predictor averages, so another checkpoint, fold list or ``--ensemble_with`` is
 another identity), trainer, plans and configuration, inference settings, the subsets, regions and
-metric conventions, and the test set. Records and parts of another identity are never mixed: a
-rerun, a resumed run and the merge refuse them and say which field differs.
+metric conventions, what a case writes besides its scores (predictions, figures), and the test
+set: its case names and a digest of the content of every image and label file, not the folders'
+paths, so parts run on nodes that mount the data at different paths merge, and data changed under
+the same names does not. Records and parts of another identity are never mixed: a rerun, a
+resumed run and the merge refuse them and say which field differs.
 
 Cases are shared among parts as ``nnUNetv2_predict -num_parts/-part_id`` shares them: sorted, and
 part K takes every N-th case from the K-th on. Every file is written to a temporary name and moved
-into place, so an interrupted run leaves only whole files.
+into place, so an interrupted run leaves only whole files. ``--overwrite`` on a part touches only
+that part's files, and accepts other parts of another identity (they are being replaced by their
+own ``--overwrite``; the merge still refuses a mix), so the parts of a job array started together
+after a model change cannot make each other fail.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from nnunet_missingmod.inference.reports import REPORT_FILES, atomic_path
 
-FORMAT = 1
+FORMAT = 2  # 2: the test set by content digest instead of folder paths; predictions and figures in the identity
 PARTS, RECORDS = "parts", "records"
 _PART_FILE = re.compile(r"^part_(\d+)_of_(\d+)\.json$")
 
@@ -62,6 +69,25 @@ def weights_digest(parameter_sets: Sequence[dict]) -> str:
             tensor = parameters[name].detach().cpu().contiguous()
             digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
             digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def test_set_digest(files_of_case: dict[str, Sequence[str]], num_threads: int = 4) -> str:
+    """SHA-256 over every case's file names (not their folders) and contents: the same for a copy
+    of the test set mounted elsewhere, another after any byte of any file changed. The files are
+    hashed in threads (hashlib releases the GIL): about 1 s per GB and thread."""
+    paths = sorted({p for files in files_of_case.values() for p in files})
+    with ThreadPoolExecutor(max(num_threads, 1)) as pool:
+        contents = dict(zip(paths, pool.map(file_digest, paths)))
+    digest = hashlib.sha256()
+    for case in sorted(files_of_case):
+        for name, content in sorted((os.path.basename(p), contents[p]) for p in files_of_case[case]):
+            digest.update(f"{case} {name} {content}\n".encode())
     return digest.hexdigest()
 
 
@@ -117,8 +143,8 @@ class EvaluationFolder:
     """One part's view of an output folder: what is already scored, and where new scores go."""
 
     def __init__(self, output_folder: str, identity: dict, case_ids: Sequence[str], num_parts: int = 1,
-                 part_id: int = 0):
-        self.folder, self.identity = output_folder, identity
+                 part_id: int = 0, title: str = ""):
+        self.folder, self.identity, self.title = output_folder, identity, title
         self.digest = identity_digest(identity)
         self.num_parts, self.part_id = num_parts, part_id
         self.cases = cases_of_part(case_ids, num_parts, part_id)
@@ -129,9 +155,10 @@ class EvaluationFolder:
     def open(self, overwrite: bool = False, continue_evaluation: bool = False) -> list[str]:
         """Claim the folder for this part; returns the cases still to score.
 
-        A folder with another identity's evaluation in it is refused (``--overwrite`` clears
-        it); one with this part's evaluation needs ``--continue_evaluation`` (goes on where it
-        stopped) or ``--overwrite`` (starts again)."""
+        A folder with another identity's evaluation in it is refused; one with this part's
+        evaluation needs ``--continue_evaluation`` (goes on where it stopped) or ``--overwrite``
+        (starts again: clears this part's share, and accepts the other parts' files whatever
+        their identity, which their own ``--overwrite`` replaces)."""
         if overwrite and continue_evaluation:
             raise ValueError("--overwrite and --continue_evaluation exclude each other")
         if overwrite:
@@ -142,6 +169,8 @@ class EvaluationFolder:
             raise FileExistsError(f"{summary} exists (an evaluation without records, from an earlier version); "
                                   f"pass --overwrite to replace the evaluation in {self.folder}")
         for (part_id, num_parts), part in parts.items():
+            if overwrite and (part_id, num_parts) != (self.part_id, self.num_parts):
+                continue
             if part["identity"] != self.identity:
                 raise EvaluationStateError(
                     f"{self.folder} holds another evaluation ({part['path']}: "
@@ -166,23 +195,32 @@ class EvaluationFolder:
         return f"part {self.part_id} of {self.num_parts}" if self.num_parts > 1 else "a single run"
 
     def _clear(self) -> None:
-        """Remove what an evaluation writes (this part's share of it when the run is sharded)."""
+        """Remove what an evaluation writes: all of it for a single run; for a part of a sharded
+        run, its own cases' records, predictions and figures, its part file and the part files of
+        runs with another number of parts, never a file another part of this run may be writing."""
         if self.num_parts == 1:
             for name in (PARTS, RECORDS, "predictions", "figures"):
                 shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
         else:
+            predictions = os.path.join(self.folder, "predictions")
+            subsets = os.listdir(predictions) if os.path.isdir(predictions) else []
             for case in self.cases:
-                if os.path.isfile(record_path(self.folder, case)):
-                    os.remove(record_path(self.folder, case))
-            if os.path.isfile(self.part_file):
-                os.remove(self.part_file)
+                _remove(record_path(self.folder, case))
+                _remove(os.path.join(self.folder, "figures", f"{case}.png"))
+                for subset in subsets:
+                    for name in os.listdir(os.path.join(predictions, subset)):
+                        if name.startswith(case + ".") or name.startswith(f".partial_{case}."):
+                            _remove(os.path.join(predictions, subset, name))
+            for (_, num_parts), part in read_parts(self.folder).items():
+                if num_parts != self.num_parts:
+                    _remove(part["path"])
+            _remove(self.part_file)
         for name in REPORT_FILES:
-            if os.path.isfile(os.path.join(self.folder, name)):
-                os.remove(os.path.join(self.folder, name))
+            _remove(os.path.join(self.folder, name))
 
     def _write_part(self, complete: bool) -> None:
-        _write_json(self.part_file, {"format": FORMAT, "identity": self.identity, "part_id": self.part_id,
-                                     "num_parts": self.num_parts, "cases": self.cases, "complete": complete,
+        _write_json(self.part_file, {"format": FORMAT, "identity": self.identity, "title": self.title,
+                                     "part_id": self.part_id, "num_parts": self.num_parts, "cases": self.cases, "complete": complete,
                                      "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     def _has_record(self, case_id: str) -> bool:
@@ -207,8 +245,16 @@ class EvaluationFolder:
         self._write_part(complete=True)
 
 
+def _remove(path: str) -> None:
+    """Remove a file that another part may remove at the same time."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def merged_records(output_folder: str) -> tuple[dict, list[dict]]:
-    """(identity, records of every case) of a finished evaluation, from all its parts.
+    """(first part file, records of every case) of a finished evaluation, from all its parts.
 
     Refuses, naming the file: no parts, parts of different identities or part counts, a part that
     is missing or did not finish, a case without records."""
@@ -243,4 +289,4 @@ def merged_records(output_folder: str) -> tuple[dict, list[dict]]:
         if content.get("identity") != digest:
             raise EvaluationStateError(f"{path} was scored by another evaluation (identity digest differs)")
         records += content["records"]
-    return identity, records
+    return first, records
