@@ -37,17 +37,19 @@ EPOCH_LINES = {"epoch": re.compile(r"Epoch (\d+)$"), "loss": re.compile(r"train_
                "dice": re.compile(r"Pseudo dice \[(.*)\]"), "time": re.compile(r"Epoch time: ([\d.]+) s")}
 
 
-def _fail(command: list[str], log: str) -> None:
+def _fail(what: str, log: str) -> None:
+    """Stop the demo naming the step (its command line, or what an in-process step does) and
+    showing the end of its log."""
     with open(log) as f:
         tail = f.read()[-3000:]
-    sys.exit(f"nnUNetv2_missingmod_demo: '{shlex.join(command)}' failed; the end of its log ({log}):\n{tail}")
+    sys.exit(f"nnUNetv2_missingmod_demo: '{what}' failed; the end of its log ({log}):\n{tail}")
 
 
 def _run(command: list[str], env: dict, log: str) -> None:
     print(f"  $ {shlex.join(command)}\n    (log: {log})", flush=True)
     with open(log, "w") as f:
         if subprocess.run(command, env=env, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
-            _fail(command, log)
+            _fail(shlex.join(command), log)
 
 
 @contextlib.contextmanager
@@ -69,7 +71,7 @@ def _output_to(log: str, what: str):
         import traceback
         with open(log, "a") as f:
             traceback.print_exc(file=f)
-        _fail([what], log)
+        _fail(what, log)
     finally:
         os.close(saved[0]), os.close(saved[1])
 
@@ -117,7 +119,7 @@ def _train(command: list[str], env: dict, log: str, fold_folder: str, epochs: in
                 break
             time.sleep(1)
     if process.returncode != 0:
-        _fail(command, log)
+        _fail(shlex.join(command), log)
 
 
 def markdown_page(table: str, args: argparse.Namespace, minutes: float) -> str:

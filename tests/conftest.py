@@ -91,6 +91,29 @@ def run(command: list, env: dict, cwd=None, check=True, timeout=COMMAND_TIMEOUT_
     return result
 
 
+def run_together(commands: list[tuple[list, dict]], timeout=COMMAND_TIMEOUT_S) -> list[subprocess.CompletedProcess]:
+    """Independent commands started at once, as :func:`run` checks them. On 2 cores most of a
+    short nnU-Net command is process start-up (imports, trainer lookup, spawn pools), which
+    overlaps; the results do not depend on what runs beside."""
+    processes = [(command, subprocess.Popen([str(c) for c in command], env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)) for command, env in commands]
+    results = []
+    for command, process in processes:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for _, other in processes:
+                other.kill()
+            raise AssertionError(f"{' '.join(map(str, command))} did not finish within {timeout} s") from None
+        if process.returncode != 0:
+            for _, other in processes:
+                other.kill()
+            raise AssertionError(f"{' '.join(map(str, command))} failed ({process.returncode}):\n"
+                                 f"{stdout[-3000:]}\n{stderr[-5000:]}")
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
 @pytest.fixture(scope="session")
 def nnunet_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
@@ -132,10 +155,12 @@ def narrow_plans(preprocessed) -> dict:
 
 
 def training_env(folders, epochs: int, **extra) -> dict:
-    """A short training whose final validation predicts each case once (no test-time mirroring: 8
-    predictions a case less; the suite predicts with --disable_tta anyway)."""
+    """A short training without nnU-Net's final validation (tests that check it pass
+    ``nnUNet_missingmod_skip_final_validation=0``), whose model predicts each case once (no
+    test-time mirroring: the suite predicts with --disable_tta anyway)."""
     settings = {"nnUNet_missingmod_num_epochs": epochs, "nnUNet_missingmod_iterations_per_epoch": 2,
-                "nnUNet_missingmod_val_iterations_per_epoch": 1, "nnUNet_missingmod_disable_tta": 1}
+                "nnUNet_missingmod_val_iterations_per_epoch": 1, "nnUNet_missingmod_disable_tta": 1,
+                "nnUNet_missingmod_skip_final_validation": 1}
     return clean_env(folders, **{**settings, **extra})
 
 
@@ -144,7 +169,7 @@ def trained_model(nnunet_folders, preprocessed) -> dict:
     """One epoch, then resumed with --c to a second: the model folder and both runs' output."""
     command = ["nnUNetv2_train", DATASET_ID, CONFIGURATION, "0", "-tr", TRAINER, "-device", "cpu"]
     first = run(command, training_env(nnunet_folders, epochs=1))
-    resumed = run(command + ["--c"], training_env(nnunet_folders, epochs=2))
+    resumed = run(command + ["--c"], training_env(nnunet_folders, epochs=2, nnUNet_missingmod_skip_final_validation=0))
     folder = os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME, f"{TRAINER}__nnUNetPlans__{CONFIGURATION}")
     return {"folder": folder, "first": first, "resumed": resumed}
 

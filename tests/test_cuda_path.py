@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, make_trainer, run, training_env, training_log
+from conftest import (CONFIGURATION, DATASET_ID, DATASET_NAME, make_trainer, run, run_together, training_env,
+                      training_log)
 from nnunet_missingmod.planning import NARROW_PLANS
 
 CUDA_PATH = {"nnUNet_missingmod_cuda_path": "1", "nnUNet_missingmod_compile_backend": "aot_eager"}
@@ -151,10 +152,11 @@ def test_a_compiled_scaled_run_resumes_and_predicts(nnunet_folders, preprocessed
 
     images = os.path.join(raw_dataset, "imagesTs")
     env = training_env(nnunet_folders, epochs=2)  # prediction is the same with or without the CUDA path
-    for tool, extra, out in (("nnUNetv2_predict", [], "pred"),
-                             ("nnUNetv2_predict_missing", ["--missing", "T1ce"], "pred_noT1ce")):
-        run([tool, "-i", images, "-o", tmp_path / out, "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", trainer,
-             "-p", PLANS, "-f", fold, "-device", "cpu", "--disable_tta", *extra], env)
+    predictions = (("nnUNetv2_predict", [], "pred"), ("nnUNetv2_predict_missing", ["--missing", "T1ce"], "pred_noT1ce"))
+    run_together([([tool, "-i", images, "-o", tmp_path / out, "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", trainer,
+                    "-p", PLANS, "-f", fold, "-device", "cpu", "--disable_tta", *extra], env)
+                  for tool, extra, out in predictions])
+    for _, _, out in predictions:
         predicted = sorted(f for f in os.listdir(tmp_path / out) if f.endswith(".nii.gz"))
         assert predicted == sorted(f for f in os.listdir(os.path.join(raw_dataset, "labelsTs")))
 

@@ -3,13 +3,15 @@ printing what docs/demo.md shows."""
 
 import os
 import re
+import shlex
+import sys
 
 import pytest
 
 from conftest import REPO, clean_env, run
 from test_evaluation import SUBSETS_IN_ORDER
 
-from nnunet_missingmod.demo import epoch_summaries, machine_signature
+from nnunet_missingmod.demo import _output_to, _run, _train, epoch_summaries, machine_signature
 
 
 
@@ -28,14 +30,26 @@ def table_rows(text: str) -> dict[str, dict[str, float]]:
     return rows
 
 
-@pytest.mark.e2e
-def test_a_failing_step_shows_its_command_and_log_tail(tmp_path):
-    result = run(["nnUNetv2_missingmod_demo", "-o", tmp_path / "demo", "--num-train", "5", "--num-test", "1",
-                  "--epochs", "1", "--iterations", "1", "-device", "cuda"], clean_env({}, CUDA_VISIBLE_DEVICES=""),
-                 cwd=tmp_path, check=False)
-    assert result.returncode != 0
-    assert "nnUNetv2_train 990 2d 0 -tr ModalityDropoutTrainer -device cuda' failed" in result.stderr
-    assert "the end of its log" in result.stderr
+@pytest.mark.parametrize("step", ["command", "training", "in_process"])
+def test_a_failing_step_shows_its_command_and_log_tail(step, tmp_path):
+    """Each of the demo's three ways of running a step (a command, nnUNetv2_train with its epoch
+    lines, an in-process step with its output in a log) stops the demo naming what failed and
+    showing the end of its log."""
+    failing = [sys.executable, "-c", "print('the last words of a failing step'); raise SystemExit(3)"]
+    log = str(tmp_path / "step.log")
+    with pytest.raises(SystemExit) as stopped:
+        if step == "command":
+            _run(failing, dict(os.environ), log)
+        elif step == "training":
+            _train(failing, dict(os.environ), log, str(tmp_path / "fold_0"), 1, ("WT",))
+        else:
+            with _output_to(log, "plan and preprocess"):
+                os.write(1, b"the last words of a failing step\n")  # as nnU-Net's planning and its workers write
+                raise RuntimeError("planning failed")
+    message = str(stopped.value)
+    assert message.startswith("nnUNetv2_missingmod_demo: '")
+    assert (shlex.join(failing) if step != "in_process" else "'plan and preprocess' failed") in message
+    assert f"the end of its log ({log})" in message and "the last words of a failing step" in message
 
 
 def test_epoch_lines_are_read_from_nnunets_log():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import CONFIGURATION, DATASET_ID, TRAINER, clean_env, load_json, run
+from conftest import CONFIGURATION, DATASET_ID, TRAINER, clean_env, load_json, run_together
 from nnunet_missingmod.inference.cases import CaseError
 from nnunet_missingmod.inference.predict_missing import REPORT_FILE, predict_missing
 
@@ -44,10 +44,10 @@ def test_absent_files_declared_missing_and_zero_files_give_the_same_prediction(
     source = _test_images(raw_dataset)
     _copy_cases(source, tmp_path / "zero_files", zero_channel=T1CE)
     _copy_cases(source, tmp_path / "absent_files", skip_channel=T1CE)
-    run(["nnUNetv2_predict", "-i", tmp_path / "zero_files", "-o", tmp_path / "nnunet", *MODEL], env)
-    absent = run(["nnUNetv2_predict_missing", "-i", tmp_path / "absent_files", "-o", tmp_path / "absent", *MODEL], env)
-    declared = run(["nnUNetv2_predict_missing", "-i", source, "-o", tmp_path / "declared", "--missing", "t1c", *MODEL],
-                   env)
+    _, absent, declared = run_together([
+        (["nnUNetv2_predict", "-i", tmp_path / "zero_files", "-o", tmp_path / "nnunet", *MODEL], env),
+        (["nnUNetv2_predict_missing", "-i", tmp_path / "absent_files", "-o", tmp_path / "absent", *MODEL], env),
+        (["nnUNetv2_predict_missing", "-i", source, "-o", tmp_path / "declared", "--missing", "t1c", *MODEL], env)])
 
     reference = _segmentations(tmp_path / "nnunet")
     assert len(reference) == 2

@@ -6,32 +6,32 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 import pytest
 import torch
 
-from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, run, training_env
+from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, run, run_together, training_env
 from nnunet_missingmod.training.seeding import SEED_VARIABLE, derived_seed, seed_from_environment
 
 FOLD = 2  # away from the folds other tests train
 
 
-def _train(nnunet_folders, tmp_path, seed, name):
-    env = training_env(nnunet_folders, epochs=1, nnUNet_n_proc_DA=2, **{SEED_VARIABLE: seed})
-    run(["nnUNetv2_train", DATASET_ID, CONFIGURATION, FOLD, "-tr", "ModalityDropoutTrainer", "-device", "cpu"], env)
-    fold = os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME,
-                        f"ModalityDropoutTrainer__nnUNetPlans__{CONFIGURATION}", f"fold_{FOLD}")
-    kept = tmp_path / f"{name}.pth"
-    shutil.copy(os.path.join(fold, "checkpoint_final.pth"), kept)
-    return torch.load(kept, map_location="cpu", weights_only=False)
+def _train_together(nnunet_folders, tmp_path, seeds: dict[str, int]) -> dict[str, dict]:
+    """``{name: final checkpoint}`` of one short training per seed, started together, each with its
+    own nnUNet_results."""
+    command = ["nnUNetv2_train", DATASET_ID, CONFIGURATION, FOLD, "-tr", "ModalityDropoutTrainer", "-device", "cpu"]
+    run_together([(command, training_env({**nnunet_folders, "nnUNet_results": str(tmp_path / name)}, epochs=1,
+                                         nnUNet_n_proc_DA=2, **{SEED_VARIABLE: seed}))
+                  for name, seed in seeds.items()])
+    return {name: torch.load(tmp_path / name / DATASET_NAME / f"ModalityDropoutTrainer__nnUNetPlans__{CONFIGURATION}"
+                             / f"fold_{FOLD}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+            for name in seeds}
 
 
 def test_the_same_seed_gives_the_same_checkpoint(nnunet_folders, preprocessed, tmp_path):
-    first = _train(nnunet_folders, tmp_path, 7, "first")
-    again = _train(nnunet_folders, tmp_path, 7, "again")
-    other = _train(nnunet_folders, tmp_path, 8, "other")
+    checkpoints = _train_together(nnunet_folders, tmp_path, {"first": 7, "again": 7, "other": 8})
+    first, again, other = (checkpoints[k] for k in ("first", "again", "other"))
     weights = first["network_weights"]
     assert all(torch.equal(weights[k], again["network_weights"][k]) for k in weights)
     def logged(checkpoint):  # losses and pseudo Dice too (validation batches are seeded); not the clock

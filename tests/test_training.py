@@ -8,7 +8,7 @@ from torch import nn
 from conftest import CONFIGURATION, DATASET_NAME, load_json, make_trainer, training_log
 from nnunet_missingmod.modalities import available_modalities
 from nnunet_missingmod.training import FullModalityTrainer, MissingModalityTrainer, ModalityDropoutTrainer
-from nnunet_missingmod.training.base import DISABLE_TTA_VARIABLE
+from nnunet_missingmod.training.base import DISABLE_TTA_VARIABLE, SKIP_FINAL_VALIDATION_VARIABLE
 
 
 class UnmaskedImageTrainer(ModalityDropoutTrainer):
@@ -40,6 +40,8 @@ def test_train_then_resume_with_nnunet_commands(trained_model):
     assert checkpoint["current_epoch"] == 2
     assert not [f for f in os.listdir(fold) if f.endswith(".partial")]
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))  # nnU-Net's final validation ran
+    # ... after the resumed run only: the first skipped it (conftest's training_env)
+    assert log.count(f"{SKIP_FINAL_VALIDATION_VARIABLE}=1: final validation skipped") == 1
     assert f"{DISABLE_TTA_VARIABLE}=1: no test-time mirroring" in log  # conftest's training_env sets it
     assert checkpoint["inference_allowed_mirroring_axes"] is None
 

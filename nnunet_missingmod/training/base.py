@@ -13,8 +13,10 @@
 - atomic checkpoint writes (a crash while saving never leaves a truncated checkpoint);
 - seeded, repeatable training on request (``nnUNet_missingmod_seed`` or a ``seed`` attribute;
   :mod:`nnunet_missingmod.training.seeding`);
-- a training length that tests and demos can shorten through environment variables, and a model
-  without test-time mirroring on request (``nnUNet_missingmod_disable_tta``);
+- a training length that tests and demos can shorten through environment variables, a model
+  without test-time mirroring on request (``nnUNet_missingmod_disable_tta``) and a training that
+  leaves nnU-Net's final validation to a later ``nnUNetv2_train --val``
+  (``nnUNet_missingmod_skip_final_validation``);
 - nnU-Net's CUDA path (compile, fp16 autocast, GradScaler) on the CPU on request, and the compile
   backend of every compiled module (:mod:`nnunet_missingmod.training.cuda_path`).
 
@@ -60,6 +62,11 @@ LENGTH_OVERRIDES = {
 # does every later prediction that takes its mirroring axes from the checkpoint. Training and its
 # augmentation are unchanged. For tests, demos and studies that evaluate without mirroring anyway.
 DISABLE_TTA_VARIABLE = "nnUNet_missingmod_disable_tta"
+# Set to 1: nnUNetv2_train ends after its last epoch's checkpoint, without predicting the fold's
+# validation cases (``nnUNetv2_train ... --val`` does that later, and is not skipped). For
+# tests and studies that evaluate the model themselves: on 2 CPU cores the final validation's
+# export pool and predictions were 7-10 s of a 17-s test training.
+SKIP_FINAL_VALIDATION_VARIABLE = "nnUNet_missingmod_skip_final_validation"
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -142,6 +149,8 @@ class MissingModalityTrainer(nnUNetTrainer):
                 setattr(self, attribute, value)
                 self._length_overrides[variable] = value
         self.disables_tta = cuda_path.flag(DISABLE_TTA_VARIABLE)
+        self.skips_final_validation = cuda_path.flag(SKIP_FINAL_VALIDATION_VARIABLE)
+        self._trained_in_this_process = False
 
     def on_train_start(self):
         for variable, value in self._length_overrides.items():
@@ -159,6 +168,18 @@ class MissingModalityTrainer(nnUNetTrainer):
         if self.compiled:
             self.print_to_log_file(f"torch.compile backend: {cuda_path.compile_backend()}")
         super().on_train_start()
+
+    def on_train_end(self):
+        super().on_train_end()
+        self._trained_in_this_process = True
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation, unless asked to skip the one that follows a training."""
+        if self.skips_final_validation and self._trained_in_this_process:
+            self.print_to_log_file(f"{SKIP_FINAL_VALIDATION_VARIABLE}=1: final validation skipped "
+                                   f"(nnUNetv2_train ... --val runs it)")
+            return
+        super().perform_actual_validation(save_probabilities)
 
     # --- data ----------------------------------------------------------------------------------
 
