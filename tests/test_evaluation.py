@@ -50,6 +50,13 @@ def test_reports_cover_every_case_subset_and_region(evaluation, raw_dataset):
     # the synthetic voxels are far from BraTS' 1 mm^3: the user is told what RFNet's 500 voxels mean here
     assert "note: ETpp counts a predicted ET of fewer than 500 voxels" in result.stderr
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # calibration of each region's probability: in the CSV, the summary, a table and a diagram
+    assert all(0 <= float(r["ece"]) <= 1 and 0 <= float(r["brier"]) <= 1
+               for r in rows if "postprocessed" not in r["region"])
+    assert summary["conventions"]["calibration_bins"] == 10 and summary["conventions"]["calibration_voxels"] == "brain"
+    assert summary["mean_over_subsets"]["whole_tumor"]["ece"] is not None
+    assert "| Subset | ECE WT (x100) | ECE TC (x100) | ECE ET (x100) | Brier WT (x100)" in table
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_saved_predictions_match_the_per_case_scores(evaluation, raw_dataset):
@@ -73,11 +80,31 @@ def test_evaluation_equals_prediction_from_absent_files(evaluation, predictor, r
     from nnunet_missingmod.inference.predict_missing import predict_missing
     out, _ = evaluation
     predict_missing(predictor, os.path.join(raw_dataset, "imagesTs"), str(tmp_path / "pred"), missing="T1,T2",
-                    show_progress=False)
+                    show_progress=False, save_probabilities=True)
     for name in (f for f in os.listdir(tmp_path / "pred") if f.endswith(".nii.gz")):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / name)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "predictions" / "T1ce+FLAIR" / name)))
         assert np.array_equal(a, b), name
+
+    # Calibration is that prediction's: from nnU-Net's probabilities (its .npz), on the brain's voxels.
+    from nnunet_missingmod.inference.calibration import calibration_scores, region_probabilities
+    with open(out / "per_case.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["subset"] == "T1ce+FLAIR"]
+    case = rows[0]["case"]
+    probabilities = np.load(tmp_path / "pred" / f"{case}.npz")["probabilities"]
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(raw_dataset, "labelsTs", f"{case}.nii.gz")))
+    images = [sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(raw_dataset, "imagesTs", f"{case}_{c:04d}.nii.gz")))
+              for c in range(4)]
+    brain = np.any(np.stack(images) != 0, axis=0)
+    regions = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)}
+    maps = region_probabilities(probabilities, regions, predictor.label_manager)
+    for row in (r for r in rows if r["case"] == case):
+        if row["region"] not in regions:
+            assert row["ece"] == row["brier"] == ""  # ETpp: no probabilities of its own
+            continue
+        expected = calibration_scores(maps[row["region"]], np.isin(reference, regions[row["region"]]), brain)
+        assert float(row["ece"]) == pytest.approx(expected["ece"], abs=1e-6)
+        assert float(row["brier"]) == pytest.approx(expected["brier"], abs=1e-6)
 
 
 def test_bad_input_is_refused_with_a_clear_message(predictor, raw_dataset, tmp_path):

@@ -106,12 +106,31 @@ def test_heatmap_is_a_readable_png(tmp_path):
     assert os.listdir(tmp_path) == ["heatmap.png"]
 
 
-def test_write_reports_writes_all_four_atomically(tmp_path):
+def with_calibration(records):
+    """Calibration on every region but the last (as ETpp has none), from bins of a few voxels."""
+    from nnunet_missingmod.inference.calibration import calibration_scores
+    rng = np.random.default_rng(0)
+    for record in records:
+        p = rng.random(50)
+        record.update(calibration_scores(p, rng.random(50) < p, np.ones(50, dtype=bool))
+                      if record["region"] != REGIONS[-1] else {"ece": None, "brier": None, "bins": None})
+    return records
+
+
+def test_write_reports_writes_all_five_atomically(tmp_path):
     out = tmp_path / "eval"
-    summary = write_reports(make_records(), SUBSETS, REGIONS, out, title="t")
+    summary = write_reports(with_calibration(make_records()), SUBSETS, REGIONS, out, title="t")
     assert sorted(os.listdir(out)) == sorted(REPORT_FILES)  # and no temporary files
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["subsets"] == SUBSETS and summary["regions"] == REGIONS
+    # calibration: a mean where defined, None (n/a, blank) where not; a table of its own
+    assert summary["per_subset"]["T1ce"]["enhancing_tumor"]["ece"] is None
+    assert 0 < summary["mean_over_subsets"]["whole_tumor"]["ece"] < 1
+    table = (out / "table.md").read_text()
+    assert "| Subset | ECE WT (x100) | ECE TC (x100) | Brier WT (x100) | Brier TC (x100) |" in table
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    assert rows[0].keys() >= {"ece", "brier"} and "bins" not in rows[0]
+    assert {r["ece"] for r in rows if r["region"] == "enhancing_tumor"} == {""}
     # A writer that fails leaves the previous file in place and no temporary file behind.
     before = (out / "summary.json").read_text()
     with pytest.raises(TypeError):

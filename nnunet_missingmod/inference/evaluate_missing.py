@@ -4,8 +4,8 @@ Each labelled test case is read and preprocessed once; for each subset the missi
 the preprocessed tensor are set to zero (equal to zero-filled raw files under ZScore / no
 normalisation, which preserve zero; other schemes are preprocessed again per subset) and
 predicted with nnU-Net's predictor. Bringing the logits back to the original geometry, saving and
-scoring (``scoring``: legacy Dice/HD95, ETpp, lesion-wise) run in worker processes while the
-device predicts the next subset. Each case's scores are saved as soon as it is done
+scoring (``scoring``: legacy Dice/HD95, ETpp, lesion-wise; ``calibration``: ECE and Brier score
+of each region's probability) run in worker processes while the device predicts the next subset. Each case's scores are saved as soon as it is done
 (``records``), so an interrupted run continues and a run split into parts is merged; the reports
 (``reports``) are written from the records.
 """
@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from nnunet_missingmod.inference import hausdorff
+from nnunet_missingmod.inference.calibration import calibration_scores, region_probabilities
 from nnunet_missingmod.inference.cases import (CaseError, attach_labels, check_case, check_case_data, check_labels,
                                                defined_label_values, find_cases, read_case, read_label)
 from nnunet_missingmod.inference.figures import case_figure
@@ -75,13 +76,13 @@ class ExportAndScore:
             plans_manager, configuration_manager, label_manager)
         self.regions, self.conventions = regions, conventions
 
-    def __call__(self, logits: torch.Tensor, properties: dict, reference: np.ndarray, spacing,
+    def __call__(self, logits: torch.Tensor, properties: dict, reference: np.ndarray, brain: np.ndarray, spacing,
                  save_to: Optional[str], keep: bool):
-        """``(scores, segmentation if keep else None)``."""
+        """``(scores, segmentation if keep else None)``; ``brain``: the voxels calibration counts."""
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-        segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+        segmentation, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
-            return_probabilities=False)
+            return_probabilities=True)
         if save_to is not None:
             folder, name = os.path.split(save_to)
             os.makedirs(folder, exist_ok=True)
@@ -89,6 +90,12 @@ class ExportAndScore:
             self.plans_manager.image_reader_writer_class().write_seg(segmentation, partial, properties)
             os.replace(partial, save_to)
         scores = score_prediction(segmentation, reference, self.regions, spacing, self.conventions)
+        probability_of = region_probabilities(probabilities, self.regions, self.label_manager)
+        del probabilities
+        for name in scores:  # ETpp post-processes the segmentation, not the probabilities: no calibration
+            scores[name].update({"ece": None, "brier": None, "bins": None} if name not in probability_of else
+                                calibration_scores(probability_of[name], np.isin(reference, self.regions[name]),
+                                                   brain, self.conventions.calibration_bins))
         return scores, (segmentation if keep else None)
 
 
@@ -228,6 +235,7 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
             raw, raw_properties, _ = read_case(case, modalities, reader)
             reference, label_properties = read_label(case, reader, raw.shape[1:])
             check_labels(case, reference, defined_labels)
+            brain = np.any(raw != 0, axis=0)  # the full case's: the same voxels for every subset
             if preprocess_once:
                 full, properties = preprocess(raw, raw_properties)
             pictured = case_id in figure_cases
@@ -245,7 +253,7 @@ def evaluate_missing(predictor, image_folder: str, label_folder: str, output_fol
                 logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
                 save_to = (os.path.join(output_folder, "predictions", subset_name, case_id + file_ending)
                            if save_predictions else None)
-                futures[subset_name] = executor.submit(job_function, logits, properties, reference,
+                futures[subset_name] = executor.submit(job_function, logits, properties, reference, brain,
                                                        label_properties["spacing"], save_to, pictured)
                 del logits
                 progress.update()
@@ -305,8 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help=f"ETpp: a predicted ET of fewer voxels counts as none (default: RFNet's "
                              f"{Conventions.et_min_voxels}, set on BraTS' 1 mm grid)")
     parser.add_argument("--hd95", choices=hausdorff.CONVENTIONS, default=hausdorff.DEFAULT_CONVENTION,
-                        help="the legacy HD95's convention: medpy (pooled surface distances, 373.13 mm when one side is "
-                             "empty; what the missing-modality papers report; default) or brats2023 (the BraTS 2023 "
+                        help="the legacy HD95's convention: medpy (pooled surface distances, 373.13 mm when one "
+                             "side is empty; what the missing-modality papers report; default) or brats2023 (the BraTS 2023 "
                              "script's surfel-weighted HD95, 374 mm). Lesion-wise HD95 is always brats2023")
     parser.add_argument("--skip_data_check", action="store_true",
                         help="check only the files' headers before the run (grids, labels present); their contents "

@@ -44,7 +44,8 @@ ONE_EMPTY = {
 
 # How a report's header names each convention.
 DESCRIPTIONS = {"medpy": "medpy's: the surface voxels' distances of both directions pooled",
-                "brats2023": "the BraTS 2023 script's: surfel-area weighted, the larger of the two directed percentiles"}
+                "brats2023": "the BraTS 2023 script's: surfel-area weighted, the larger of the two directed "
+                             "percentiles"}
 
 
 def _checked(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]):
@@ -182,6 +183,8 @@ def _surfel_weighted_hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[floa
     full = 2 ** (2 ** pred.ndim) - 1
     surfels = {name: (c != 0) & (c != full) for name, c in codes.items()}
     distance_to = {name: ndimage.distance_transform_edt(~s, sampling=spacing) for name, s in surfels.items()}
-    ref_to_pred = _directed_percentile(distance_to["pred"][surfels["ref"]], table[codes["ref"][surfels["ref"]]], percent)
-    pred_to_ref = _directed_percentile(distance_to["ref"][surfels["pred"]], table[codes["pred"][surfels["pred"]]], percent)
+    ref_to_pred = _directed_percentile(distance_to["pred"][surfels["ref"]], table[codes["ref"][surfels["ref"]]],
+                                       percent)
+    pred_to_ref = _directed_percentile(distance_to["ref"][surfels["pred"]], table[codes["pred"][surfels["pred"]]],
+                                       percent)
     return max(ref_to_pred, pred_to_ref)

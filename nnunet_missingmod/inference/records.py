@@ -220,7 +220,8 @@ class EvaluationFolder:
 
     def _write_part(self, complete: bool) -> None:
         _write_json(self.part_file, {"format": FORMAT, "identity": self.identity, "title": self.title,
-                                     "part_id": self.part_id, "num_parts": self.num_parts, "cases": self.cases, "complete": complete,
+                                     "part_id": self.part_id, "num_parts": self.num_parts, "cases": self.cases,
+                                     "complete": complete,
                                      "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     def _has_record(self, case_id: str) -> bool:

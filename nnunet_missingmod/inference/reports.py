@@ -1,8 +1,10 @@
-"""Reports of the all-subset evaluation: per-case CSV, summary JSON, Markdown table, heat map.
+"""Reports of the all-subset evaluation: per-case CSV, summary JSON, Markdown table, heat map and,
+where the records carry calibration, a reliability diagram.
 
 Input is a flat list of records ``{"case", "subset", "region", "dice", "hd95"[, "lesion_dice",
-"lesion_hd95"]}`` (one per case, subset and region) plus the subset order (singles first ... full
-set last) and the region order.
+"lesion_hd95"][, "ece", "brier", "bins"]}`` (one per case, subset and region; a metric may be None
+where it is undefined, as calibration for ETpp) plus the subset order (singles first ... full set
+last) and the region order.
 Every file is written to a temporary file beside it and moved into place with ``os.replace``, so
 a crash or an interrupted run never leaves a half-written report that looks complete.
 """
@@ -22,9 +24,9 @@ from nnunet_missingmod.inference.hausdorff import DESCRIPTIONS
 from nnunet_missingmod.inference.metrics import short_region_name
 
 KEYS = ("case", "subset", "region")
-METRICS = ("dice", "hd95", "lesion_dice", "lesion_hd95")  # the legacy pair first; lesion-wise if scored
+METRICS = ("dice", "hd95", "lesion_dice", "lesion_hd95", "ece", "brier")  # legacy pair first; the others if scored
 MEAN_ROW = "Mean"
-REPORT_FILES = ("per_case.csv", "summary.json", "table.md", "heatmap.png")
+REPORT_FILES = ("per_case.csv", "summary.json", "table.md", "heatmap.png", "reliability.png")
 
 
 @contextlib.contextmanager
@@ -72,14 +74,16 @@ def summarize(records: Sequence[dict], subsets: Sequence[str], regions: Sequence
             raise ValueError(f"case {record['case']!r} is scored twice for {key[0]} / {key[1]}")
         seen.add((record["case"], *key))
         for m in metrics:
-            values[key][m].append(float(record[m]))
+            if record[m] is not None and record[m] != "":  # undefined here (calibration of ETpp)
+                values[key][m].append(float(record[m]))
 
     per_subset = {s: {r: {**{m: _mean(values[s, r][m]) for m in metrics}, "n_cases": len(values[s, r]["dice"])}
                       for r in regions} for s in subsets}
     mean_over_subsets = {}
     for r in regions:
         cells = [per_subset[s][r] for s in subsets if per_subset[s][r]["n_cases"]]
-        mean_over_subsets[r] = {**{m: _mean([c[m] for c in cells]) for m in metrics}, "n_subsets": len(cells)}
+        mean_over_subsets[r] = {**{m: _mean([c[m] for c in cells if c[m] is not None]) for m in metrics},
+                                "n_subsets": len(cells)}
     return {"subsets": subsets, "regions": regions, "per_subset": per_subset, "mean_over_subsets": mean_over_subsets}
 
 
@@ -114,15 +118,17 @@ def _cell(value: Optional[float], scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value * scale:.2f}"
 
 
-def _metric_table(summary: dict, dice_key: str, hd95_key: str) -> list[str]:
-    """A row per subset, Dice (%) then HD95 (mm) per region, a bold Mean row."""
-    regions = summary["regions"]
+def _metric_table(summary: dict, dice_key: str, hd95_key: str, heads=("Dice {} (%)", "HD95 {} (mm)"),
+                  scales=(100, 1), regions: Optional[Sequence[str]] = None) -> list[str]:
+    """A row per subset, Dice (%) then HD95 (mm) per region (or two other metrics), a bold Mean row."""
+    regions = list(summary["regions"] if regions is None else regions)
     short = [short_region_name(r) for r in regions]
-    header = ["Subset"] + [f"Dice {s} (%)" for s in short] + [f"HD95 {s} (mm)" for s in short]
+    header = ["Subset"] + [heads[0].format(s) for s in short] + [heads[1].format(s) for s in short]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
 
     def row(name: str, cells: dict, bold: bool = False) -> str:
-        values = [_cell(cells[r][dice_key], 100) for r in regions] + [_cell(cells[r][hd95_key]) for r in regions]
+        values = ([_cell(cells[r][dice_key], scales[0]) for r in regions]
+                  + [_cell(cells[r][hd95_key], scales[1]) for r in regions])
         if bold:
             name, values = f"**{name}**", [f"**{v}**" for v in values]
         return "| " + " | ".join([name] + values) + " |"
@@ -154,6 +160,14 @@ def markdown_table(summary: dict, title: Optional[str] = None) -> str:
                       f"50 mm^3 ignored, a missed or false positive lesion scores Dice 0 and HD95 {penalty:g} mm"
                       f"{distance}):", ""]
         lines += _metric_table(summary, "lesion_dice", "lesion_hd95")
+    if "ece" in first:
+        calibrated = [r for r in summary["regions"] if summary["mean_over_subsets"][r]["ece"] is not None]
+        bins = "" if conventions is None else f"{conventions['calibration_bins']} equal-width bins, "
+        lines += ["", f"Calibration of each region's probability ({bins}voxels of the brain: non-zero in any "
+                      "modality of the full case; ECE: expected calibration error, 0 is calibrated; Brier: mean "
+                      "squared error of the probability; both x 100, lower is better; reliability.png):", ""]
+        lines += _metric_table(summary, "ece", "brier", heads=("ECE {} (x100)", "Brier {} (x100)"), scales=(100, 100),
+                               regions=calibrated)
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +240,12 @@ def write_reports(records: Sequence[dict], subsets: Sequence[str], regions: Sequ
     write_per_case_csv(records, os.path.join(output_folder, "per_case.csv"))
     write_markdown_table(summary, os.path.join(output_folder, "table.md"), title=title)
     write_heatmap(summary, os.path.join(output_folder, "heatmap.png"))
+    if any(r.get("bins") for r in records):
+        from nnunet_missingmod.inference.calibration import write_reliability_diagram
+        shown = [s for s in subsets if "+" not in s] + [max(subsets, key=lambda s: s.count("+"))]
+        write_reliability_diagram(records, list(dict.fromkeys(shown)),
+                                  [r for r in regions if any(x.get("bins") for x in records if x["region"] == r)],
+                                  os.path.join(output_folder, "reliability.png"))
     # Last: the driver treats an existing summary.json as a finished evaluation.
     write_summary_json(summary, os.path.join(output_folder, "summary.json"))
     return summary

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_missingmod.inference import hausdorff, lesion_wise
+from nnunet_missingmod.inference import calibration, hausdorff, lesion_wise
 from nnunet_missingmod.inference.metrics import dice, short_region_name
 
 POSTPROCESSED_SUFFIX = "_postprocessed"
@@ -33,6 +33,8 @@ class Conventions:
     lesion_hd95: str = lesion_wise.HD95_CONVENTION  # the 2023 script's surfel-weighted HD95
     hd95: str = hausdorff.DEFAULT_CONVENTION  # the legacy HD95: "medpy" (the papers') or "brats2023"
     hd95_one_empty: float | None = None  # None: the legacy convention's own penalty (hausdorff.ONE_EMPTY)
+    calibration_bins: int = calibration.NUM_BINS  # ECE: equal-width bins of the region probability
+    calibration_voxels: str = calibration.VOXELS  # which voxels calibration counts (calibration.py)
 
     def __post_init__(self):
         for field, value in (("hd95", self.hd95), ("lesion_hd95", self.lesion_hd95)):
