@@ -111,7 +111,8 @@ def test_the_conventions_part_on_leaks_and_speckle_not_on_smooth_shifts():
     larger direction), close on a smooth shifted surface."""
     parted = {}
     for name, prediction, reference, spacing in volumes(np.random.default_rng(0)):
-        parted[name] = (hd95(prediction, reference, spacing, "medpy"), hd95(prediction, reference, spacing, "brats2023"))
+        parted[name] = (hd95(prediction, reference, spacing, "medpy"),
+                        hd95(prediction, reference, spacing, "brats2023"))
     assert parted["leak"] == (0.0, 8.0)  # 14 voxels: under 5 % of the pooled ones, over 5 % of the area
     assert parted["speckle"][0] == 0.0 and parted["speckle"][1] > 8
     medpy, brats = parted["shifted, anisotropic"]
