@@ -55,8 +55,14 @@ def reliability_bins(probability: np.ndarray, truth: np.ndarray, voxels: np.ndar
                      num_bins: int = NUM_BINS) -> dict[str, list]:
     """Per bin of the probability: the number of counted voxels, the sum of their probabilities
     and the number inside the region. Sums (not means), so that cases pool by adding them."""
-    p = np.asarray(probability, dtype=np.float64)[voxels]
-    inside = np.asarray(truth, dtype=bool)[voxels]
+    return _bins(*_counted(probability, truth, voxels), num_bins)
+
+
+def _counted(probability: np.ndarray, truth: np.ndarray, voxels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(probability)[voxels].astype(np.float64), np.asarray(truth, dtype=bool)[voxels]
+
+
+def _bins(p: np.ndarray, inside: np.ndarray, num_bins: int) -> dict[str, list]:
     index = np.minimum((p * num_bins).astype(np.int64), num_bins - 1)  # 1.0 in the last bin
     return {"count": np.bincount(index, minlength=num_bins).tolist(),
             "probability": np.bincount(index, weights=p, minlength=num_bins).tolist(),
@@ -82,9 +88,9 @@ def pooled(bins: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list]:
 def calibration_scores(probability: np.ndarray, truth: np.ndarray, voxels: np.ndarray,
                        num_bins: int = NUM_BINS) -> dict:
     """``{"ece", "brier", "bins"}`` of one region of one prediction (ECE and Brier None without voxels)."""
-    bins = reliability_bins(probability, truth, voxels, num_bins)
-    p = np.asarray(probability, dtype=np.float64)[voxels]
-    brier = float(np.mean((p - np.asarray(truth, dtype=bool)[voxels]) ** 2)) if p.size else None
+    p, inside = _counted(probability, truth, voxels)
+    bins = _bins(p, inside, num_bins)
+    brier = float(np.mean((p - inside) ** 2)) if p.size else None
     return {"ece": expected_calibration_error(bins), "brier": brier, "bins": bins}
 
 

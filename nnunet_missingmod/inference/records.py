@@ -203,7 +203,8 @@ class EvaluationFolder:
                 shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
         else:
             predictions = os.path.join(self.folder, "predictions")
-            subsets = os.listdir(predictions) if os.path.isdir(predictions) else []
+            subsets = [s for s in os.listdir(predictions) if os.path.isdir(os.path.join(predictions, s))] \
+                if os.path.isdir(predictions) else []
             for case in self.cases:
                 _remove(record_path(self.folder, case))
                 _remove(os.path.join(self.folder, "figures", f"{case}.png"))
