@@ -228,3 +228,22 @@ def test_an_image_with_nan_is_named(predictor, folders, tmp_path):
     case = find_cases(str(images), ".nii.gz", modalities)[broken[:-len("_0002.nii.gz")]]
     with pytest.raises(CaseError, match=rf"{broken} holds 1 NaN or infinite values"):
         read_case(case, modalities, NibabelIO())
+
+
+def test_overwrite_on_a_part_removes_only_its_own_cases_files(tmp_path):
+    """Part 0 of 2 with --overwrite: its cases' records, predictions (also one cut off mid-write)
+    and figures go, part 1's stay, and so does part 1's part file of another identity."""
+    from nnunet_missingmod.inference.records import EvaluationFolder, part_path, record_path
+    cases = ["case_0", "case_1"]
+    old = EvaluationFolder(str(tmp_path), {"weights": "old"}, cases, num_parts=2, part_id=1)
+    old.open()
+    files = {case: [record_path(str(tmp_path), case), tmp_path / "figures" / f"{case}.png",
+                    tmp_path / "predictions" / "T1" / f"{case}.nii.gz",
+                    tmp_path / "predictions" / "T1+T2" / f".partial_{case}.nii.gz"] for case in cases}
+    for path in (p for paths in files.values() for p in paths):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+    EvaluationFolder(str(tmp_path), {"weights": "new"}, cases, num_parts=2, part_id=0).open(overwrite=True)
+    assert not any(os.path.exists(p) for p in files["case_0"])
+    assert all(os.path.exists(p) for p in files["case_1"])
+    assert os.path.exists(part_path(str(tmp_path), 1, 2)) and os.path.exists(part_path(str(tmp_path), 0, 2))

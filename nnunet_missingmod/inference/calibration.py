@@ -28,6 +28,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 NUM_BINS = 10
+# ECE and Brier are written with 10 decimals: the probabilities carry the last bits of the
+# prediction's float arithmetic, which differ with torch's thread count (a worker process against
+# the main one), and a report must not depend on where it was scored.
+DECIMALS = 10
 VOXELS = "brain"  # what the docs call the counted voxels: non-zero in any modality of the full case
 
 
@@ -90,8 +94,9 @@ def calibration_scores(probability: np.ndarray, truth: np.ndarray, voxels: np.nd
     """``{"ece", "brier", "bins"}`` of one region of one prediction (ECE and Brier None without voxels)."""
     p, inside = _counted(probability, truth, voxels)
     bins = _bins(p, inside, num_bins)
-    brier = float(np.mean((p - inside) ** 2)) if p.size else None
-    return {"ece": expected_calibration_error(bins), "brier": brier, "bins": bins}
+    ece = expected_calibration_error(bins)
+    return {"ece": None if ece is None else round(ece, DECIMALS),
+            "brier": round(float(np.mean((p - inside) ** 2)), DECIMALS) if p.size else None, "bins": bins}
 
 
 def write_reliability_diagram(records: Sequence[dict], subsets: Sequence[str], regions: Sequence[str],

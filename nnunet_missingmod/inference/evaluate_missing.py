@@ -5,9 +5,10 @@ the preprocessed tensor are set to zero (equal to zero-filled raw files under ZS
 normalisation, which preserve zero; other schemes are preprocessed again per subset) and
 predicted with nnU-Net's predictor. Bringing the logits back to the original geometry, saving and
 scoring (``scoring``: legacy Dice/HD95, ETpp, lesion-wise; ``calibration``: ECE and Brier score
-of each region's probability) run in worker processes while the device predicts the next subset. Each case's scores are saved as soon as it is done
-(``records``), so an interrupted run continues and a run split into parts is merged; the reports
-(``reports``) are written from the records.
+of each region's probability) run in worker processes while the device predicts the next subset.
+Each case's scores are saved as soon as it is done (``records``), so an interrupted run
+continues and a run split into parts is merged; the reports (``reports``) are written from the
+records.
 """
 
 from __future__ import annotations
@@ -314,8 +315,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                              f"{Conventions.et_min_voxels}, set on BraTS' 1 mm grid)")
     parser.add_argument("--hd95", choices=hausdorff.CONVENTIONS, default=hausdorff.DEFAULT_CONVENTION,
                         help="the legacy HD95's convention: medpy (pooled surface distances, 373.13 mm when one "
-                             "side is empty; what the missing-modality papers report; default) or brats2023 (the BraTS 2023 "
-                             "script's surfel-weighted HD95, 374 mm). Lesion-wise HD95 is always brats2023")
+                             "side is empty; what the missing-modality papers report; default) or brats2023 "
+                             "(the BraTS 2023 script's surfel-weighted HD95, 374 mm). Lesion-wise HD95 is always brats2023")
     parser.add_argument("--skip_data_check", action="store_true",
                         help="check only the files' headers before the run (grids, labels present); their contents "
                              "(decoding, finite values, label values) are then checked when each case is reached, "

@@ -48,7 +48,8 @@ DESCRIPTIONS = {"medpy": "medpy's: the surface voxels' distances of both directi
                              "percentiles"}
 
 
-def _checked(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]):
+def checked_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]):
+    """Two boolean masks of one shape and a spacing per axis, or a ValueError saying which is off."""
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction and reference differ in shape: {pred.shape} vs {ref.shape}")
@@ -66,7 +67,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], convention
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown HD95 convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
-    pred, ref, spacing = _checked(pred, ref, spacing)
+    pred, ref, spacing = checked_masks(pred, ref, spacing)
     has_pred, has_ref = pred.any(), ref.any()
     if not (has_pred or has_ref):
         return 0.0

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnunet_missingmod.inference.hausdorff import ONE_EMPTY, hd95
+from nnunet_missingmod.inference.hausdorff import ONE_EMPTY, checked_masks, hd95
 from nnunet_missingmod.inference.metrics import dice
 
 GLI_DILATION = 3  # BraTS 2023 GLI, SSA and PED; MEN and MET use 1
@@ -65,12 +65,7 @@ def lesion_wise_scores(prediction: np.ndarray, reference: np.ndarray, spacing: S
                        penalty: float = HD95_PENALTY, hd95_convention: str = HD95_CONVENTION) -> LesionScores:
     """Lesion-wise Dice and HD95 of two boolean masks (see the module docstring); ``spacing`` in
     mm in the arrays' axis order."""
-    prediction, reference = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction and reference differ in shape: {prediction.shape} vs {reference.shape}")
-    spacing = tuple(float(s) for s in np.atleast_1d(spacing))
-    if len(spacing) != reference.ndim:
-        raise ValueError(f"spacing {spacing} does not match the {reference.ndim} axes of the masks")
+    prediction, reference, spacing = checked_masks(prediction, reference, spacing)
     connectivity = ndimage.generate_binary_structure(reference.ndim, reference.ndim)  # 26 in 3d
     predicted_components, _ = ndimage.label(prediction, connectivity)
     predicted_boxes = ndimage.find_objects(predicted_components)

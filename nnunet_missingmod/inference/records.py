@@ -202,16 +202,14 @@ class EvaluationFolder:
             for name in (PARTS, RECORDS, "predictions", "figures"):
                 shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
         else:
-            predictions = os.path.join(self.folder, "predictions")
-            subsets = [s for s in os.listdir(predictions) if os.path.isdir(os.path.join(predictions, s))] \
-                if os.path.isdir(predictions) else []
+            mine = set(self.cases)
             for case in self.cases:
                 _remove(record_path(self.folder, case))
                 _remove(os.path.join(self.folder, "figures", f"{case}.png"))
-                for subset in subsets:
-                    for name in os.listdir(os.path.join(predictions, subset)):
-                        if name.startswith(case + ".") or name.startswith(f".partial_{case}."):
-                            _remove(os.path.join(predictions, subset, name))
+            for subset in glob.glob(os.path.join(self.folder, "predictions", "*", "")):
+                for name in os.listdir(subset):  # CASE<file_ending>, or .partial_CASE<file_ending> mid-write
+                    if name.removeprefix(".partial_").split(".", 1)[0] in mine:
+                        _remove(os.path.join(subset, name))
             for (_, num_parts), part in read_parts(self.folder).items():
                 if num_parts != self.num_parts:
                     _remove(part["path"])
