@@ -100,9 +100,16 @@ def test_a_killed_evaluation_resumes_to_the_same_reports(trained_model, folders,
     assert (out / "per_case.csv").read_text() == (single_run / "per_case.csv").read_text()
 
 
-def test_workers_score_what_the_main_process_scores(predictor, folders, single_run, tmp_path):
+def test_workers_score_what_the_main_process_scores(predictor, folders, single_run, tmp_path, monkeypatch):
+    """The workers start with another nnUNet_def_n_proc than this process read when it imported
+    nnU-Net (as in CI, where the suite sets it after the import): the export's torch thread count
+    must not reach a score. Records compared too: their reliability bins are unrounded sums."""
+    from nnunetv2.configuration import default_num_processes
+    monkeypatch.setenv("nnUNet_def_n_proc", "8" if default_num_processes != 8 else "2")
     evaluate_missing(predictor, *folders, str(tmp_path / "pool"), num_workers=2, show_progress=False)
     assert (tmp_path / "pool" / "per_case.csv").read_text() == (single_run / "per_case.csv").read_text()
+    for record in sorted(os.listdir(single_run / "records")):
+        assert (tmp_path / "pool" / "records" / record).read_bytes() == (single_run / "records" / record).read_bytes()
 
 
 def test_a_finished_evaluation_is_kept_or_reused_never_silently_replaced(predictor, folders, single_run, tmp_path):

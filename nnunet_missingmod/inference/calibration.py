@@ -28,9 +28,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 NUM_BINS = 10
-# ECE and Brier are written with 10 decimals: the probabilities carry the last bits of the
-# prediction's float arithmetic, which differ with torch's thread count (a worker process against
-# the main one), and a report must not depend on where it was scored.
+# ECE and Brier are written with 10 decimals, more than any comparison needs; that they do not depend
+# on where a case was scored comes from the export's single torch thread (evaluate_missing.ExportAndScore).
 DECIMALS = 10
 VOXELS = "brain"  # what the docs call the counted voxels: non-zero in any modality of the full case
 
