@@ -21,6 +21,14 @@ import pytest
 # first; they are marked ``e2e``, and ``python -m pytest -m "not e2e" tests`` is the quick lane.
 E2E_FIXTURES = {"raw_dataset", "preprocessed", "trained_model", "predictor", "narrow_plans"}
 
+# nnU-Net reads nnUNet_def_n_proc once, when nnunetv2 is imported (the test modules import it after
+# this file), and defaults to 8 processes. The suite's commands run with 2 (clean_env); in-process
+# nnU-Net (trainers, predictors, exports) must read the same, or on CI's 2 cores it spawns 8 pools
+# of workers (measured: test_a_compiled_scaled_run_resumes_and_predicts 157 s unset, 95 s with 2).
+# Same for the augmentation workers, which are read when a trainer starts.
+os.environ.setdefault("nnUNet_def_n_proc", "2")
+os.environ.setdefault("nnUNet_n_proc_DA", "2")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID}_SyntheticBraTS"
@@ -123,7 +131,6 @@ def nnunet_folders(tmp_path_factory):
     # In-process code (predictor, trainers) reads the same folders.
     saved = {k: os.environ.get(k) for k in folders}
     os.environ.update(folders)
-    os.environ.setdefault("nnUNet_def_n_proc", "2")
     yield folders
     for k, v in saved.items():
         if v is None:
