@@ -102,7 +102,7 @@ def test_a_killed_evaluation_resumes_to_the_same_reports(trained_model, folders,
 
 def test_workers_score_what_the_main_process_scores(predictor, folders, single_run, tmp_path, monkeypatch):
     """The workers start with another nnUNet_def_n_proc than this process read when it imported
-    nnU-Net (as in CI, where the suite sets it after the import): the export's torch thread count
+    nnU-Net (as CI's test process once read 8 and its workers 2): the export's torch thread count
     must not reach a score. Records compared too: their reliability bins are unrounded sums."""
     from nnunetv2.configuration import default_num_processes
     monkeypatch.setenv("nnUNet_def_n_proc", "8" if default_num_processes != 8 else "2")

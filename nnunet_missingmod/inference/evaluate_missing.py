@@ -81,8 +81,8 @@ class ExportAndScore:
                  save_to: Optional[str], keep: bool):
         """``(scores, segmentation if keep else None)``; ``brain``: the voxels calibration counts."""
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-        # One torch thread, whatever nnUNet_def_n_proc says (nnU-Net's default here): torch's sigmoid
-        # and softmax split the volume into a chunk per thread, and a chunk's tail, computed by scalar
+        # One torch thread, whatever nnUNet_def_n_proc says (nnU-Net runs this step in that many): torch's
+        # sigmoid splits the volume into a chunk per thread, and a chunk's tail, computed by scalar
         # code, can differ in the last bit from the vectorised code. Measured on the test suite's
         # cases: 0-3 of 177,660 probabilities differ between 1 and 2 threads, 0-6 between 1 and 8.
         # With one thread a score does not depend on the process, node or setting that exported it.
