@@ -1,5 +1,5 @@
-"""The robustness study's paired comparison (benchmarks/robustness_study.py), on hand-made per-case
-tables: the numbers docs/results.md reports against ModalityDropoutTrainer."""
+"""The study's statistics and report lines (nnunet_missingmod.study), on hand-made per-case tables
+and seed statistics: the numbers docs/results.md reports against ModalityDropoutTrainer."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import load_script
+from nnunet_missingmod.study import report
+from nnunet_missingmod.study import statistics as numbers
+from nnunet_missingmod.study import study
 
 SUBSETS = ("T1", "T1ce", "T1+T1ce")
-
-
-study = load_script("robustness_study")
 
 
 def table(dice_of_case: dict, region: str = "whole_tumor") -> dict:
@@ -25,7 +24,7 @@ def table(dice_of_case: dict, region: str = "whole_tumor") -> dict:
 def test_a_constant_improvement_is_reported_exactly_with_a_zero_width_interval():
     reference = table({"a": (0.2, 0.5, 0.6), "b": (0.1, 0.4, 0.7), "c": (0.0, 0.3, 0.9)})
     method = {key: value + 0.05 for key, value in reference.items()}
-    result = study.paired_difference(method, reference, "whole_tumor")
+    result = numbers.paired_difference(method, reference, "whole_tumor")
     assert result["mean"] == pytest.approx(0.05)
     assert result["ci95"] == pytest.approx((0.05, 0.05))
     assert result["n_cases"] == 3
@@ -35,7 +34,7 @@ def test_cases_are_averaged_over_subsets_before_the_bootstrap():
     reference = table({"a": (0.3, 0.3, 0.3), "b": (0.3, 0.3, 0.3), "c": (0.3, 0.3, 0.3), "d": (0.3, 0.3, 0.3)})
     method = dict(reference)
     method[("a", "T1", "whole_tumor")] = 0.9  # case a gains 0.6 on one of its three subsets
-    result = study.paired_difference(method, reference, "whole_tumor")
+    result = numbers.paired_difference(method, reference, "whole_tumor")
     per_case = np.array([0.2, 0.0, 0.0, 0.0])  # 0.6 / 3 subsets for case a
     assert result["mean"] == pytest.approx(per_case.mean())
     low, high = result["ci95"]
@@ -47,8 +46,8 @@ def test_cases_are_averaged_over_subsets_before_the_bootstrap():
 def test_only_the_requested_region_counts():
     reference = {**table({"a": (0.5, 0.5, 0.5)}, "whole_tumor"), **table({"a": (0.5, 0.5, 0.5)}, "tumor_core")}
     method = {key: (0.9 if key[2] == "tumor_core" else value) for key, value in reference.items()}
-    assert study.paired_difference(method, reference, "whole_tumor")["mean"] == pytest.approx(0.0)
-    assert study.paired_difference(method, reference, "tumor_core")["mean"] == pytest.approx(0.4)
+    assert numbers.paired_difference(method, reference, "whole_tumor")["mean"] == pytest.approx(0.0)
+    assert numbers.paired_difference(method, reference, "tumor_core")["mean"] == pytest.approx(0.4)
 
 
 def test_per_case_csv_is_read_as_the_evaluation_writes_it(tmp_path):
@@ -58,24 +57,24 @@ def test_per_case_csv_is_read_as_the_evaluation_writes_it(tmp_path):
         writer.writerow(["case", "subset", "region", "dice", "hd95"])
         writer.writerow(["case_0001", "T1+T1ce", "whole_tumor", "0.75", "3.5"])
         writer.writerow(["case_0001", "T1+T1ce", "enhancing_tumor", "1.0", "0.0"])
-    assert study.read_per_case(str(path)) == {("case_0001", "T1+T1ce", "whole_tumor"): 0.75,
+    assert numbers.read_per_case(str(path)) == {("case_0001", "T1+T1ce", "whole_tumor"): 0.75,
                                               ("case_0001", "T1+T1ce", "enhancing_tumor"): 1.0}
 
 
 def statistics(**per_seed):
-    return study.SeedStatistics({region: list(values) for region, values in per_seed.items()})
+    return numbers.SeedStatistics({region: list(values) for region, values in per_seed.items()})
 
 
 def test_a_difference_within_the_seed_spread_is_a_tie():
     reference = statistics(TC=(0.40, 0.42, 0.44), ET=(0.50, 0.50, 0.50))  # TC spread 0.02
     close = statistics(TC=(0.43, 0.43, 0.43), ET=(0.55, 0.56, 0.57))  # TC +0.01, ET +0.06 (spread 0.01)
     below = statistics(TC=(0.30, 0.31, 0.32), ET=(0.49, 0.50, 0.51))
-    assert study.compare(close, reference, "TC") == (pytest.approx(0.01), "tie")
-    assert study.compare(close, reference, "ET") == (pytest.approx(0.06), "above")
-    assert study.compare(below, reference, "TC")[1] == "below"
-    assert study.compare(below, reference, "ET")[1] == "tie"
+    assert numbers.compare(close, reference, "TC") == (pytest.approx(0.01), "tie")
+    assert numbers.compare(close, reference, "ET") == (pytest.approx(0.06), "above")
+    assert numbers.compare(below, reference, "TC")[1] == "below"
+    assert numbers.compare(below, reference, "ET")[1] == "tie"
     stats = {"ModalityDropoutTrainer": reference, "Close": close, "Below": below}
-    rows = {row.split(" | ")[0].strip("| "): row for row in study.bar_rows(stats, ["Close", "Below"])}
+    rows = {row.split(" | ")[0].strip("| "): row for row in report.bar_rows(stats, ["Close", "Below"])}
     assert rows["Close"].endswith("| yes |") and "+1.00 (tie)" in rows["Close"] and "+6.00 (above)" in rows["Close"]
     assert rows["Below"].endswith("| **no** |") and "(below)" in rows["Below"]
 
@@ -89,20 +88,20 @@ def test_share_of_the_gap_to_the_ceiling():
     reference = {**table({"a": (0.2, 0.4, 0.6)}), **table({"b": (0.2, 0.4, 0.6)})}
     ceiling = {k: v + 0.2 for k, v in reference.items() if k[1] in ("T1", "T1ce")}  # two subsets dedicated
     half = {k: v + 0.1 for k, v in reference.items()}
-    assert study.gap_closed(half, reference, ceiling, "whole_tumor") == pytest.approx(0.5)
-    assert study.gap_closed(reference, reference, ceiling, "whole_tumor") == pytest.approx(0.0)
+    assert numbers.gap_closed(half, reference, ceiling, "whole_tumor") == pytest.approx(0.5)
+    assert numbers.gap_closed(reference, reference, ceiling, "whole_tumor") == pytest.approx(0.0)
     worse = {k: v - 0.2 for k, v in reference.items()}
-    assert study.gap_closed(worse, reference, ceiling, "whole_tumor") == pytest.approx(-1.0)
+    assert numbers.gap_closed(worse, reference, ceiling, "whole_tumor") == pytest.approx(-1.0)
 
 
 def test_seed_means_and_mean_dice():
     a = table({"a": (0.2, 0.4, 0.6), "b": (0.0, 0.0, 0.0)})
     b = {k: v + 0.2 for k, v in a.items()}
-    mean = study.mean_over_seeds([a, b])
+    mean = numbers.mean_over_seeds([a, b])
     assert mean[("a", "T1", "whole_tumor")] == pytest.approx(0.3)
-    assert study.mean_dice(a, "whole_tumor") == pytest.approx(np.mean([0.1, 0.2, 0.3]))
+    assert numbers.mean_dice(a, "whole_tumor") == pytest.approx(np.mean([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="different cases"):
-        study.mean_over_seeds([a, {**b, ("c", "T1", "whole_tumor"): 0.5}])
+        numbers.mean_over_seeds([a, {**b, ("c", "T1", "whole_tumor"): 0.5}])
 
 
 def test_every_modality_present_compares_the_full_subset_alone_with_plain_nnunet():
@@ -112,11 +111,11 @@ def test_every_modality_present_compares_the_full_subset_alone_with_plain_nnunet
     plain = [table({"a": (0.0, 0.0, 0.8), "b": (0.0, 0.0, 0.6)}), table({"a": (0.0, 0.0, 0.9), "b": (0.0, 0.0, 0.7)})]
     robust = [table({"a": (0.9, 0.9, 0.6), "b": (0.9, 0.9, 0.4)}), table({"a": (0.9, 0.9, 0.7), "b": (0.9, 0.9, 0.5)})]
     close = [table({"a": (0.5, 0.5, 0.75), "b": (0.5, 0.5, 0.7)}), table({"a": (0.5, 0.5, 0.8), "b": (0.5, 0.5, 0.7)})]
-    full = {name: study.full_subset_statistics(tables, "T1+T1ce", ["whole_tumor"], short)
+    full = {name: numbers.full_subset_statistics(tables, "T1+T1ce", ["whole_tumor"], short)
             for name, tables in (("FullModalityTrainer", plain), ("ModalityDropoutTrainer", robust), ("X", close))}
     assert full["FullModalityTrainer"].per_seed["WT"] == pytest.approx([0.7, 0.8])
     assert full["ModalityDropoutTrainer"].mean["WT"] == pytest.approx(0.55)
-    rows = study.every_modality_rows(full, ["WT"])
+    rows = report.every_modality_rows(full, ["WT"])
     assert rows[0] == "| FullModalityTrainer | 75.00 ± 7.07 |  |"
     assert rows[1] == "| ModalityDropoutTrainer | 55.00 ± 7.07 | -20.00 (below) |"
     assert rows[2] == "| X | 73.75 ± 1.77 | -1.25 (tie) |"
@@ -139,13 +138,13 @@ def test_the_3d_preset_takes_the_2d_studys_best_method_on_tc_and_et_from_its_arc
                 writer.writerow(["case", "subset", "region", "dice", "hd95"])
                 for region, value in zip(("whole_tumor", "tumor_core", "enhancing_tumor"), values):
                     writer.writerows([["c1", "T1", region, value, 1.0], ["c1", "T2", region, value, 1.0]])
-    best, scores = study.best_method_in_archive(str(tmp_path))
+    best, scores = report.best_method_in_archive(str(tmp_path))
     assert best == "SMMLTrainer"  # 0.7, against MST-KD's 0.65 on seeds 1-2 (its seed 3 has no partner)
     assert scores == pytest.approx({"MAGMSTrainer": 0.5, "MSTKDTrainer": 0.65, "SMMLTrainer": 0.7})
     (tmp_path / "evaluation" / "seed_1" / "SMMLTrainer" / "per_case.csv").unlink()
     (tmp_path / "evaluation" / "seed_2" / "SMMLTrainer" / "per_case.csv").unlink()
     with pytest.raises(FileNotFoundError, match="SMMLTrainer"):
-        study.best_method_in_archive(str(tmp_path))
+        report.best_method_in_archive(str(tmp_path))
 
 
 def test_the_3d_report_says_whether_the_best_method_and_the_reference_rank_as_in_2d():
@@ -157,7 +156,7 @@ def test_the_3d_report_says_whether_the_best_method_and_the_reference_rank_as_in
     here = {"ModalityDropoutTrainer": statistics(TC=(0.60, 0.62), ET=(0.50, 0.56)),
             "SMMLTrainer": statistics(TC=(0.615, 0.615), ET=(0.54, 0.55)),  # TC +0.5, ET +1.5: ties
             "FullModalityTrainer": statistics(TC=(0.30, 0.30), ET=(0.20, 0.20))}
-    lines = study.ranking_against(here, two_d, "SMMLTrainer")
+    lines = report.ranking_against(here, two_d, "SMMLTrainer")
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
     assert rows["SMMLTrainer"] == "| SMMLTrainer | +3.00 (above) | +0.50 (tie) | +2.00 (tie) | +1.50 (tie) |"
     assert rows["FullModalityTrainer"].startswith("| FullModalityTrainer | -36.00 (below) | -31.00 (below) |")
@@ -165,7 +164,7 @@ def test_the_3d_report_says_whether_the_best_method_and_the_reference_rank_as_in
     assert lines[-1].startswith("SMMLTrainer and ModalityDropoutTrainer are ranked as in the 2d study on TC and ET: "
                                 "meets the bar")
     here["SMMLTrainer"] = statistics(TC=(0.615, 0.615), ET=(0.51, 0.52))  # ET -1.5: a tie, but the order flips
-    last = study.ranking_against(here, two_d, "SMMLTrainer")[-1]
+    last = report.ranking_against(here, two_d, "SMMLTrainer")[-1]
     assert last.startswith("SMMLTrainer and ModalityDropoutTrainer are ranked as in the 2d study on TC, "
                            "otherwise on ET: misses the bar")
 
@@ -176,11 +175,11 @@ def test_archive_statistics_take_the_seeds_every_trainer_has(tmp_path):
         folder.mkdir(parents=True)
         (folder / "per_case.csv").write_text("case,subset,region,dice,hd95\n"
                                              f"c1,T1,tumor_core,{value},1.0\nc1,T2,tumor_core,{value},1.0\n")
-    stats = study.archive_statistics(str(tmp_path), ["A", "B"])
+    stats = report.archive_statistics(str(tmp_path), ["A", "B"])
     assert stats["A"].per_seed == {"TC": pytest.approx([0.5, 0.7])}  # seed 3: B has none
     assert stats["B"].mean["TC"] == pytest.approx(0.5)
     with pytest.raises(FileNotFoundError, match="none for C"):
-        study.archive_statistics(str(tmp_path), ["A", "C"])
+        report.archive_statistics(str(tmp_path), ["A", "C"])
 
 
 @pytest.mark.parametrize("seeds, pairs", [((1,), []), ((1, 2), [(1, 2)]),
@@ -197,14 +196,14 @@ def test_smml_above_the_ensemble_only_by_more_than_the_larger_spread():
     smml = statistics(TC=(0.815, 0.815, 0.815), ET=(0.78, 0.78, 0.78))  # TC +0.025, ET +0.03, no spread of its own
     apart = statistics(TC=(0.795, 0.795, 0.795), ET=(0.78, 0.78, 0.78))
     stats = {study.ENSEMBLE: ensemble, "SMMLTrainer": smml, "SMMLTrainerNoConsistency": apart}
-    lines = study.ensemble_verdicts(stats, ["SMMLTrainer", "SMMLTrainerNoConsistency"])
+    lines = report.ensemble_verdicts(stats, ["SMMLTrainer", "SMMLTrainerNoConsistency"])
     assert lines[0].startswith("- SMMLTrainer against ModalityDropoutTrainer x2: TC +2.50 (above), ET +3.00 (tie)")
     assert lines[0].endswith("above the ensemble on TC by more than the seed spread.")
     assert lines[1] == "- SMMLTrainerNoConsistency against ModalityDropoutTrainer x2: TC +0.50 (tie), ET +3.00 (tie)."
     assert lines[2].endswith("TC +2.00 (above), ET +0.00 (tie).")
     # The ensemble's ET spread alone makes SMML's +3 ET a tie; within TC's spread too, the gain is the ensemble's.
     stats["SMMLTrainer"] = statistics(TC=(0.795, 0.795, 0.795), ET=(0.78, 0.78, 0.78))
-    lines = study.ensemble_verdicts(stats, ["SMMLTrainer"])
+    lines = report.ensemble_verdicts(stats, ["SMMLTrainer"])
     assert "not above it by more than the seed spread on TC or ET" in lines[0]
 
 
@@ -212,10 +211,10 @@ def test_one_ensemble_pair_takes_the_references_seed_spread():
     """A single pair (two seeds) is not an exact number: SMML 0.77 above it is a tie within MD's
     spread; three pairs keep their own spread."""
     reference = statistics(TC=(0.34, 0.37))
-    one, label = study.ensemble_statistics(statistics(TC=(0.36,)), reference)
+    one, label = report.ensemble_statistics(statistics(TC=(0.36,)), reference)
     assert one.spread["TC"] == pytest.approx(reference.spread["TC"]) and "one pair" in label
-    assert study.compare(statistics(TC=(0.357, 0.357)), one, "TC")[1] == "tie"
-    three, label = study.ensemble_statistics(statistics(TC=(0.36, 0.37, 0.38)), reference)
+    assert numbers.compare(statistics(TC=(0.357, 0.357)), one, "TC")[1] == "tie"
+    three, label = report.ensemble_statistics(statistics(TC=(0.36, 0.37, 0.38)), reference)
     assert three.spread["TC"] == pytest.approx(0.01) and "over the pairs" in label
 
 
@@ -227,30 +226,84 @@ def test_which_trainer_says_when_a_two_network_lead_is_the_ensembles():
              "SMMLTrainer": statistics(TC=(0.79, 0.79, 0.79), WT=(0.71, 0.71, 0.71)),
              "MSTKDTrainer": statistics(TC=(0.78, 0.78, 0.78), WT=(0.75, 0.75, 0.75))}
     contenders = ["ModalityDropoutTrainer", "SMMLTrainer", "MSTKDTrainer"]
-    tc = study.which_trainer_line("TC", stats, contenders, {"SMMLTrainer": 2.18}, lambda t, r: 0.25)
+    tc = report.which_trainer_line("TC", stats, contenders, {"SMMLTrainer": 2.18}, lambda t, r: 0.25)
     assert tc.startswith("- **TC**: best mean Dice SMMLTrainer (79.00 ± 0.00 over seeds), +3.00 points against "
                          "ModalityDropoutTrainer: more than the seed spread; closes 25 % of")
     assert "trains at 2.18x" in tc
     assert "(ModalityDropoutTrainer x2) are -2.00 against it: a tie, so its lead is what a second network gives" in tc
     assert tc.endswith("the best with one network is MSTKDTrainer (78.00 ± 0.00, +2.00 against "
                        "ModalityDropoutTrainer: a tie).")
-    wt = study.which_trainer_line("WT", stats, contenders, {}, None)
+    wt = report.which_trainer_line("WT", stats, contenders, {}, None)
     assert wt == ("- **WT**: best mean Dice MSTKDTrainer (75.00 ± 0.00 over seeds), +5.00 points against "
                   "ModalityDropoutTrainer: more than the seed spread.")
 
 
-def test_a_partial_report_lists_the_evaluations_still_to_run(tmp_path):
-    """Seeds, the ensemble pairs and the dedicated models the full command would evaluate."""
-    bare = study.Study.__new__(study.Study)
-    bare.seeds, bare.trainers = [1, 2], ["ModalityDropoutTrainer", "SMMLTrainer"]
-    bare.dedicated_kind, bare.env = "singles", {"nnUNet_raw": str(tmp_path)}
-    folder = tmp_path / f"Dataset{study.DATASET_ID}_{study.DATASET_NAME}"
-    folder.mkdir()
+def small_study(tmp_path, trainers, seeds, dedicated="none", **options) -> study.Study:
+    """A Study of a two-modality dataset.json alone (nothing is trained or read but the modalities)."""
+    folder = tmp_path / "raw" / "Dataset123_Two"
+    folder.mkdir(parents=True)
     (folder / "dataset.json").write_text('{"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, '
                                          '"tumor": 1}, "numTraining": 1, "file_ending": ".nii.gz"}')
+    setup = study.StudySetup("Dataset123_Two", "2d", str(folder / "imagesTs"), epochs=10, iterations=5)
+    return study.Study(str(tmp_path / "work"), setup, trainers, seeds, dedicated, "cpu", raw=str(tmp_path / "raw"),
+                       preprocessed=str(tmp_path / "preprocessed"), **options)
+
+
+def test_a_partial_report_lists_the_evaluations_still_to_run(tmp_path):
+    """Seeds, then the controls (compute-matched per seed, the ensemble pairs), then the dedicated
+    models the full command would evaluate."""
+    bare = small_study(tmp_path, ["ModalityDropoutTrainer", "SMMLTrainer"], [1, 2], "singles")
     done = ["evaluate ModalityDropoutTrainer seed 1", "evaluate SMMLTrainer seed 1",
             "evaluate ModalityDropoutTrainer seed 2", "evaluate DedicatedTrainer__T1 seed dedicated"]
-    bare.state = {"done": dict.fromkeys(done, "now")}
-    assert bare.pending_steps() == ["evaluate SMMLTrainer seed 2", "evaluate ModalityDropoutTrainer x2 seed 1+2",
+    bare.state["done"] = dict.fromkeys(done, "now")
+    assert bare.pending_steps() == ["evaluate SMMLTrainer seed 2",
+                                    "evaluate ModalityDropoutTrainer compute-matched seed 1",
+                                    "evaluate ModalityDropoutTrainer compute-matched seed 2",
+                                    "evaluate ModalityDropoutTrainer x2 seed 1+2",
                                     "evaluate DedicatedTrainer__T2 seed dedicated",
                                     "evaluate DedicatedTrainer__T1_T2 seed dedicated"]
+    without = small_study(tmp_path / "other", ["ModalityDropoutTrainer", "SMMLTrainer"], [1, 2],
+                          compute_matched=False, ensemble=False)
+    assert without.pending_steps() == [f"evaluate {t} seed {s}" for s in (1, 2)
+                                       for t in ("ModalityDropoutTrainer", "SMMLTrainer")]
+
+
+def test_the_compute_matched_control_trains_as_long_as_the_costliest_method(tmp_path):
+    """Its epochs: the study's epochs x (mean minutes of the costliest method / the reference's), over
+    the seeds where all are trained; fixed in the record once, and needing every such training first."""
+    matched = small_study(tmp_path, ["FullModalityTrainer", "ModalityDropoutTrainer", "SMMLTrainer", "MSTKDTrainer"],
+                          [1, 2])
+    assert matched.compute_matched_methods == ["SMMLTrainer", "MSTKDTrainer"]
+    assert matched.training_needs(study.COMPUTE_MATCHED, 2) == [
+        f"train {t} seed {s}" for s in (1, 2) for t in ("ModalityDropoutTrainer", "SMMLTrainer", "MSTKDTrainer")]
+    with pytest.raises(study.StudyError, match="trained first"):
+        matched.compute_matched_epochs()
+    minutes = {"ModalityDropoutTrainer": (4.0, 5.0), "SMMLTrainer": (9.0, 11.0), "MSTKDTrainer": (20.0, 16.0),
+               "FullModalityTrainer": (50.0, 50.0)}  # nnU-Net fed zeros is not a method it is matched to
+    matched.state["trainings"] = {f"{t} seed {s}": {"minutes": m[s - 1]} for t, m in minutes.items() for s in (1, 2)}
+    assert matched.compute_matched_epochs() == 40  # 10 epochs x 18 / 4.5
+    record = matched.reload()["compute_matched"]
+    assert record["matched_to"] == "MSTKDTrainer" and record["ratio"] == pytest.approx(4.0) and record["seeds"] == [1, 2]
+    matched.state["trainings"]["MSTKDTrainer seed 1"] = {"minutes": 100.0}  # fixed once: a later record changes nothing
+    assert matched.compute_matched_epochs() == 40
+    assert matched.training_needs(study.COMPUTE_MATCHED, 1) == []
+    assert matched.model_folder(study.COMPUTE_MATCHED, 1).endswith(
+        "seed_1_compute_matched/nnUNet_results/Dataset123_Two/ModalityDropoutTrainer__nnUNetPlans__2d")
+
+
+def test_a_method_is_worth_its_cost_only_above_the_compute_matched_control():
+    stats = {study.COMPUTE_MATCHED: statistics(TC=(0.70, 0.72, 0.74), ET=(0.60, 0.60, 0.60)),
+             "MSTKDTrainer": statistics(TC=(0.80, 0.80, 0.80), ET=(0.61, 0.61, 0.61)),
+             "MAGMSTrainer": statistics(TC=(0.71, 0.71, 0.71), ET=(0.50, 0.50, 0.50))}
+    lines = report.equal_compute_lines(stats, ["MSTKDTrainer", "MAGMSTrainer"], ["TC", "ET"])
+    assert lines[0] == "- MSTKDTrainer: TC +8.00 (above), ET +1.00 (above): worth its cost on TC and ET."
+    assert lines[1] == ("- MAGMSTrainer: TC -1.00 (tie), ET -10.00 (below): nowhere above it by more than the seed "
+                        "spread; training ModalityDropoutTrainer for as long gives as much.")
+
+
+def test_a_study_refuses_a_work_folder_of_another_setup(tmp_path):
+    small_study(tmp_path, ["ModalityDropoutTrainer"], [1])
+    setup = study.StudySetup("Dataset123_Two", "3d_fullres", str(tmp_path / "raw" / "imagesTs"))
+    with pytest.raises(study.StudyError, match="holds another study"):
+        study.Study(str(tmp_path / "work"), setup, ["ModalityDropoutTrainer"], [1], "none", "cpu",
+                    raw=str(tmp_path / "raw"), preprocessed=str(tmp_path / "preprocessed"))

@@ -1,4 +1,4 @@
-"""The robustness study's archive (benchmarks/study_archive.py): finished steps carried to a fresh
+"""The robustness study's archive (nnunet_missingmod/study/archive.py): finished steps carried to a fresh
 machine, taken only when made from the same data and training code; and the study script itself
 resumed from an archive in a new work folder, as a next session would."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, clean_env, load_script, run
+from conftest import REPO, clean_env, run
 
-archive = load_script("study_archive")
+from nnunet_missingmod.study import archive, presets
 
 
 def test_a_steps_code_is_its_trainers_modules_and_what_they_import(tmp_path):
@@ -120,23 +120,21 @@ def test_an_archive_of_other_data_or_another_size_is_refused_by_name(tmp_path):
 
 
 @pytest.mark.e2e
-def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_archived(tmp_path, monkeypatch):
+def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_archived(tmp_path):
     """A work folder resumed after a change to the training code: its finished trainings and
     evaluations are forgotten (networks moved aside), the data and preprocessing kept; steps made
     with this code stay. Before, such steps were archived as if made with the current code."""
-    study_script = load_script("robustness_study")
-    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(name, str(tmp_path / name))
-    study = study_script.Study(str(tmp_path / "work"), study_script.SIZES["tiny"], ["ModalityDropoutTrainer"], [1],
-                               "none", "cpu")
+    study = presets.preset_study(presets.SIZES["tiny"], str(tmp_path / "work"), ["ModalityDropoutTrainer"], [1],
+                                 "none", "cpu")
     old, current = "0" * 64, study.code_of("train FullModalityTrainer seed 1")
     steps = {"dataset": old, "preprocessing": old, "train ModalityDropoutTrainer seed 1": old,
              "evaluate ModalityDropoutTrainer seed 1": None, "train FullModalityTrainer seed 1": current,
              "evaluate FullModalityTrainer seed 1": current}
-    study.state["done"] = {step: "2026-12-01 10:00:00" for step in steps}
-    study.state["training_code"] = {step: code for step, code in steps.items() if code is not None}
-    study.state["trainings"] = {"ModalityDropoutTrainer seed 1": {"minutes": 1.0},
-                                "FullModalityTrainer seed 1": {"minutes": 2.0}}
+    with study.locked_state() as state:  # as the work folder was left
+        state["done"] = {step: "2026-12-01 10:00:00" for step in steps}
+        state["training_code"] = {step: code for step, code in steps.items() if code is not None}
+        state["trainings"] = {"ModalityDropoutTrainer seed 1": {"minutes": 1.0},
+                              "FullModalityTrainer seed 1": {"minutes": 2.0}}
     network = os.path.join(study.model_folder("ModalityDropoutTrainer", 1), "fold_0")
     os.makedirs(network)
     study.forget_steps_of_other_code()
@@ -155,15 +153,15 @@ def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_ar
 
 @pytest.mark.e2e
 def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
-    """The study script twice, in two work folders sharing only the archive, the first as a machine
+    """The study command twice, in two work folders sharing only the archive, the first as a machine
     that stopped after a training and before its evaluation: the second takes the training, trains
     it again only because the evaluation needs its network, gets the same weights, evaluates, and
     writes the same report."""
-    arguments = ["--size", "tiny", "--trainers", "ModalityDropoutTrainer", "--seeds", "1", "--epochs", "2",
+    arguments = ["--preset", "tiny", "--trainers", "ModalityDropoutTrainer", "--seeds", "1", "--epochs", "2",
                  "--iterations", "4", "--archive", str(tmp_path / "archive")]
     env = clean_env({}, nnUNet_n_proc_DA="1")
-    script = os.path.join(REPO, "benchmarks", "robustness_study.py")
-    run([sys.executable, script, "--work", tmp_path / "first", "--report", tmp_path / "first" / "results.md",
+    script = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_missingmod_study")
+    run([script, "--work", tmp_path / "first", "--report", tmp_path / "first" / "results.md",
          *arguments], env)
     with open(tmp_path / "archive" / "archive.json") as f:
         content = json.load(f)
@@ -174,7 +172,7 @@ def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
     with open(tmp_path / "archive" / "archive.json", "w") as f:
         json.dump(content, f)
 
-    second = run([sys.executable, script, "--work", tmp_path / "second", "--report",
+    second = run([script, "--work", tmp_path / "second", "--report",
                   tmp_path / "second" / "results.md", *arguments], env).stdout
     assert "took 1 finished step(s)" in second
     assert "trained again: the same weights as the archived training" in second, second
