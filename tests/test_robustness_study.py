@@ -302,7 +302,11 @@ def test_a_method_is_worth_its_cost_only_above_the_compute_matched_control():
 
 
 def test_a_study_refuses_a_work_folder_of_another_setup(tmp_path):
+    import os
     small_study(tmp_path, ["ModalityDropoutTrainer"], [1])
+    # A study keeps its folders to its own commands: this process's nnU-Net folders are left alone
+    # (writing them broke every later in-process test of the suite).
+    assert os.environ.get("nnUNet_preprocessed") != str(tmp_path / "preprocessed")
     setup = study.StudySetup("Dataset123_Two", "3d_fullres", str(tmp_path / "raw" / "imagesTs"))
     with pytest.raises(study.StudyError, match="holds another study"):
         study.Study(str(tmp_path / "work"), setup, ["ModalityDropoutTrainer"], [1], "none", "cpu",

@@ -75,6 +75,8 @@ def prepare_synthetic_data(size: Size):
             study.mark("dataset")
         if not study.done("preprocessing"):
             log(f"plans and preprocessing ({size.configuration})")
+            for name in ("nnUNet_raw", "nnUNet_preprocessed"):  # nnU-Net's planning, in this process, reads them
+                os.environ[name] = study.env[name]
             plan_and_preprocess(DATASET_ID, (size.configuration,), num_processes=2)
             study.mark("preprocessing")
     return prepare

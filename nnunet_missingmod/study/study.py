@@ -130,7 +130,6 @@ class Study:
                             nnUNet_missingmod_val_iterations_per_epoch=str(max(2, setup.iterations // 10)))
         for name in ("nnUNet_raw", "nnUNet_preprocessed"):
             os.makedirs(self.env[name], exist_ok=True)
-            os.environ[name] = self.env[name]
         # Evaluation workers: on the CPU the pool only shares the cores the prediction uses, so
         # in-process is faster for small volumes (47 s against 81 s per evaluation, docs/study.md).
         self.evaluation_workers = evaluation_workers if evaluation_workers is not None else (
