@@ -291,12 +291,13 @@ class Study:
 
     @property
     def dedicated_subsets(self) -> list[str]:
-        subsets = self.modalities.subsets()
         if self.dedicated_kind == "none":
             return []
+        modalities = self.modalities  # reads dataset.json
+        subsets = modalities.subsets()
         if self.dedicated_kind == "singles":
             subsets = [s for s in subsets if len(s) == 1] + [subsets[-1]]
-        return [self.modalities.subset_name(s) for s in subsets]
+        return [modalities.subset_name(s) for s in subsets]
 
     @property
     def compute_matched_methods(self) -> list[str]:
