@@ -1,19 +1,18 @@
 """The robustness study's archive (nnunet_missingmod/study/archive.py): finished steps carried to a fresh
-machine, taken only when made from the same data and training code; and the study script itself
-resumed from an archive in a new work folder, as a next session would."""
+machine, taken only when made from the same data and training code, and the repository's archives
+usable with today's code. The study command resumed from an archive in a new work folder, as a next
+machine would, is tested with the command (tests/test_study_command.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import sys
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, clean_env, run
+from conftest import REPO
 
 from nnunet_missingmod.study import archive, presets
 
@@ -151,43 +150,20 @@ def test_steps_a_work_folder_made_with_other_training_code_are_done_again_not_ar
             == study.code_of("train ModalityDropoutTrainer seed 1"))
 
 
-@pytest.mark.e2e
-def test_a_study_resumed_on_a_fresh_machine_from_its_archive(tmp_path):
-    """The study command twice, in two work folders sharing only the archive, the first as a machine
-    that stopped after a training and before its evaluation: the second takes the training, trains
-    it again only because the evaluation needs its network, gets the same weights, evaluates, and
-    writes the same report."""
-    arguments = ["--preset", "tiny", "--trainers", "ModalityDropoutTrainer", "--seeds", "1", "--epochs", "2",
-                 "--iterations", "4", "--archive", str(tmp_path / "archive")]
-    env = clean_env({}, nnUNet_n_proc_DA="1")
-    script = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_missingmod_study")
-    run([script, "--work", tmp_path / "first", "--report", tmp_path / "first" / "results.md",
-         *arguments], env)
-    with open(tmp_path / "archive" / "archive.json") as f:
-        content = json.load(f)
-    steps = ["train ModalityDropoutTrainer seed 1", "evaluate ModalityDropoutTrainer seed 1"]
-    assert sorted(content["steps"]) == sorted(steps)
-    assert content["steps"][steps[0]]["training"]["minutes"] > 0
-    del content["steps"][steps[1]]
-    with open(tmp_path / "archive" / "archive.json", "w") as f:
-        json.dump(content, f)
-
-    second = run([script, "--work", tmp_path / "second", "--report",
-                  tmp_path / "second" / "results.md", *arguments], env).stdout
-    assert "took 1 finished step(s)" in second
-    assert "trained again: the same weights as the archived training" in second, second
-    evaluation = os.path.join("evaluation", "seed_1", "ModalityDropoutTrainer")
-    assert ((tmp_path / "first" / evaluation / "per_case.csv").read_text()
-            == (tmp_path / "second" / evaluation / "per_case.csv").read_text())
-    # The same report name in both, so that its figure folder (results/) is named alike.
-    tables = [(tmp_path / name / "results.md").read_text().split("\n## ", 1)[1] for name in ("first", "second")]
-    assert tables[0] == tables[1]
-    with open(tmp_path / "archive" / "archive.json") as f:
-        content = json.load(f)
-    assert sorted(content["steps"]) == sorted(steps)
-    assert content["steps"][steps[0]]["training"]["repeats_archived_weights"] is True
-    predictions = sorted((tmp_path / "archive" / evaluation / "predictions").glob("*/*.nii.gz"))
-    assert len(predictions) == 15 and np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions[-1]))))
+@pytest.mark.parametrize("name", ["cpu", "cpu3d"])
+def test_the_repositorys_archive_serves_this_code_on_regenerated_data(name, tmp_path):
+    """What the next machine takes from benchmarks/results: the preset's data, generated again here,
+    is the data the archive was made from, and every archived step was made with today's training
+    code (a change to training code restamps the archive in the same commit: docs/study.md)."""
+    size = presets.SIZES[name]
+    study = presets.preset_study(size, str(tmp_path / "work"), ["ModalityDropoutTrainer"], [1], "none", "cpu")
+    study.mark("preprocessing")  # the raw data only: the archive's fingerprint is of the raw data
+    presets.prepare_synthetic_data(size)(study)
+    messages = []
+    stored = archive.StudyArchive(os.path.join(REPO, "benchmarks", "results", f"study_{name}"), study.identity,
+                                  archive.dataset_fingerprint(study.dataset_folder), study.code_of, None,
+                                  log=messages.append)
+    assert stored.content["steps"] and len(stored.usable()) == len(stored.content["steps"]), messages
 
 
 def test_restamping_keeps_the_old_fingerprint_and_the_evidence(tmp_path):

@@ -1,7 +1,7 @@
 """``nnUNetv2_missingmod_study`` on a dataset the study was not written for (the suite's planned
-dataset 991), run here and through a real one-node SLURM cluster. The networks are the narrow
-plans' (4-16 features) with the whole 40x48x40 volume as their patch, so each of an evaluation's 30
-predictions is one small window: with the narrow plans' 16³ patch an evaluation took 140 s (some
+dataset 991), run here, resumed on a "fresh machine" from its archive, and through a real one-node
+SLURM cluster. The networks are the narrow plans' (4-16 features) with the whole 40x48x40 volume as
+their patch, so each of an evaluation's 30 predictions is one small window: with the narrow plans' 16³ patch an evaluation took 140 s (some
 80 windows a prediction), with nnU-Net's own plans 2 s a prediction.
 
 The SLURM test needs ``sbatch``: ``.ci/run`` starts the cluster (tests/slurm/start_local_slurm.sh)
@@ -18,7 +18,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, clean_env, load_json, run
 
@@ -60,10 +62,11 @@ def dice_rows(work, label: str, seed) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def local_study(nnunet_folders, study_plans, tmp_path_factory) -> dict:
-    """The reference alone, one seed, run here: its work folder and the command's output."""
-    work = tmp_path_factory.mktemp("local_study") / "study"
-    command = [STUDY, *arguments(work, [REFERENCE], [1])]
-    return {"work": work, "command": command, "output": run(command, study_env(nnunet_folders)).stdout}
+    """The reference alone, one seed, run here with an archive: its work folder, archive and output."""
+    folder = tmp_path_factory.mktemp("local_study")
+    command = [STUDY, *arguments(folder / "study", [REFERENCE], [1]), "--archive", folder / "archive"]
+    return {"work": folder / "study", "archive": folder / "archive", "command": command,
+            "output": run(command, study_env(nnunet_folders)).stdout}
 
 
 def test_the_study_runs_here_on_a_dataset_it_was_not_written_for(local_study, nnunet_folders):
@@ -83,8 +86,40 @@ def test_the_study_runs_here_on_a_dataset_it_was_not_written_for(local_study, nn
     assert os.path.isfile(work / "report" / "comparison.png")
 
     again = run(local_study["command"], study_env(nnunet_folders)).stdout
-    assert "training " not in again and "evaluating " not in again, again
+    assert "] training " not in again and "] evaluating " not in again, again
     assert "study finished" in again
+
+
+def test_a_study_resumed_on_a_fresh_machine_from_its_archive(local_study, nnunet_folders, tmp_path):
+    """The same command in a new work folder sharing only the archive, which lacks the evaluation (as
+    when a machine stopped after a training): the training is taken, trained again only because the
+    evaluation needs its network, gives the same weights, and the evaluation and report are the same."""
+    steps = [f"train {REFERENCE} seed 1", f"evaluate {REFERENCE} seed 1"]
+    shutil.copytree(local_study["archive"], tmp_path / "archive")
+    content = load_json(tmp_path / "archive" / "archive.json")
+    assert sorted(content["steps"]) == sorted(steps) and content["steps"][steps[0]]["training"]["minutes"] > 0
+    del content["steps"][steps[1]]
+    with open(tmp_path / "archive" / "archive.json", "w") as f:
+        json.dump(content, f)
+
+    command = [STUDY, *arguments(tmp_path / "second", [REFERENCE], [1]), "--archive", tmp_path / "archive"]
+    second = run(command, study_env(nnunet_folders)).stdout
+    assert "took 1 finished step(s)" in second
+    assert "trained again: the same weights as the archived training" in second, second
+    evaluation = os.path.join("evaluation", "seed_1", REFERENCE)
+    assert ((local_study["work"] / evaluation / "per_case.csv").read_text()
+            == (tmp_path / "second" / evaluation / "per_case.csv").read_text())
+    # both reports are WORK/report.md, so their figure folders (report/) are named alike
+    tables = [(work / "report.md").read_text().split("\n## ", 1)[1] for work in (local_study["work"], tmp_path / "second")]
+    assert tables[0] == tables[1]
+    content = load_json(tmp_path / "archive" / "archive.json")
+    assert sorted(content["steps"]) == sorted(steps)
+    assert content["steps"][steps[0]]["training"]["repeats_archived_weights"] is True
+    archived = sorted((tmp_path / "archive" / evaluation).glob("predictions/*/*.nii.gz"))
+    assert len(archived) == 15  # a case per subset
+    for path in archived:  # the second machine's predictions, which are the first's
+        first = local_study["work"] / evaluation / path.relative_to(tmp_path / "archive" / evaluation)
+        assert np.array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (path, first)))
 
 
 def test_a_study_refuses_what_it_cannot_run_and_names_it(nnunet_folders, preprocessed, tmp_path):
