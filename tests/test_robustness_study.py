@@ -79,6 +79,44 @@ def test_a_difference_within_the_seed_spread_is_a_tie():
     assert rows["Below"].endswith("| **no** |") and "(below)" in rows["Below"]
 
 
+def with_cases(per_case: np.ndarray) -> "numbers.SeedStatistics":
+    """SeedStatistics of one region, TC, from a (seeds, cases) array."""
+    return numbers.SeedStatistics({"TC": list(per_case.mean(axis=1))}, {"TC": per_case})
+
+
+def test_a_lead_beyond_the_seed_spread_but_within_its_uncertainty_is_a_tie():
+    """The same +3 points of seed means and the same seed spread: on every case alike it is a lead;
+    from two cases of +15 and six of -1 the interval over cases reaches into the spread: a tie."""
+    seeds = np.array([[0.0], [0.01], [0.02]])
+    reference = with_cases(0.5 + seeds + np.zeros((3, 8)))
+    steady = with_cases(0.53 + seeds + np.zeros((3, 8)))
+    uneven = with_cases(0.5 + seeds + np.array([0.15, 0.15, -0.01, -0.01, -0.01, -0.01, -0.01, -0.01]))
+    assert steady.mean["TC"] - reference.mean["TC"] == pytest.approx(uneven.mean["TC"] - reference.mean["TC"])
+    assert numbers.compare(steady, reference, "TC") == (pytest.approx(0.03), "above")
+    assert numbers.compare(uneven, reference, "TC") == (pytest.approx(0.03), "tie")
+    low, high = numbers.uncertainty(uneven, reference, "TC")
+    assert low <= reference.spread["TC"] < 0.03 < high
+
+
+def test_the_interval_over_seeds_and_cases():
+    """A constant difference has a zero-width interval; seeds that disagree widen it beyond what the
+    cases alone give; one seed leaves the cases alone."""
+    base = np.array([[0.2, 0.4, 0.6, 0.8]] * 3)
+    assert numbers.seeds_and_cases_interval(base + 0.05, base) == (pytest.approx(0.05), pytest.approx(0.05))
+    noisy_seeds = base + np.array([[0.0], [0.1], [0.2]])
+    low, high = numbers.seeds_and_cases_interval(noisy_seeds, base)
+    assert low < 0.1 < high and high - low > 0.1
+    one = numbers.seeds_and_cases_interval(base[:1] + np.array([[0.0, 0.1, 0.0, 0.1]]), base[:1])
+    assert one[0] >= 0 and one[1] <= 0.1
+
+
+def test_three_seeds_cannot_reach_p_below_one_in_eight():
+    assert numbers.sign_flip_p([0.01, 0.02, 0.03]) == 0.125  # every seed above: the least 3 seeds allow
+    assert numbers.sign_flip_p([-0.01, -0.02, -0.03]) == 0.125
+    assert numbers.sign_flip_p([0.01, -0.02, 0.03]) == 0.375
+    assert numbers.sign_flip_p([0.01] * 5) == 1 / 32
+
+
 def test_one_seed_has_no_spread():
     one = statistics(TC=(0.4,))
     assert one.spread["TC"] == 0 and one.mean["TC"] == pytest.approx(0.4)
@@ -198,13 +236,13 @@ def test_smml_above_the_ensemble_only_by_more_than_the_larger_spread():
     stats = {study.ENSEMBLE: ensemble, "SMMLTrainer": smml, "SMMLTrainerNoConsistency": apart}
     lines = report.ensemble_verdicts(stats, ["SMMLTrainer", "SMMLTrainerNoConsistency"])
     assert lines[0].startswith("- SMMLTrainer against ModalityDropoutTrainer x2: TC +2.50 (above), ET +3.00 (tie)")
-    assert lines[0].endswith("above the ensemble on TC by more than the seed spread.")
+    assert lines[0].endswith("above the ensemble on TC beyond the seed spread and its uncertainty.")
     assert lines[1] == "- SMMLTrainerNoConsistency against ModalityDropoutTrainer x2: TC +0.50 (tie), ET +3.00 (tie)."
     assert lines[2].endswith("TC +2.00 (above), ET +0.00 (tie).")
     # The ensemble's ET spread alone makes SMML's +3 ET a tie; within TC's spread too, the gain is the ensemble's.
     stats["SMMLTrainer"] = statistics(TC=(0.795, 0.795, 0.795), ET=(0.78, 0.78, 0.78))
     lines = report.ensemble_verdicts(stats, ["SMMLTrainer"])
-    assert "not above it by more than the seed spread on TC or ET" in lines[0]
+    assert "not above it beyond the seed spread and its uncertainty on TC or ET" in lines[0]
 
 
 def test_one_ensemble_pair_takes_the_references_seed_spread():
@@ -228,14 +266,14 @@ def test_which_trainer_says_when_a_two_network_lead_is_the_ensembles():
     contenders = ["ModalityDropoutTrainer", "SMMLTrainer", "MSTKDTrainer"]
     tc = report.which_trainer_line("TC", stats, contenders, {"SMMLTrainer": 2.18}, lambda t, r: 0.25)
     assert tc.startswith("- **TC**: best mean Dice SMMLTrainer (79.00 ± 0.00 over seeds), +3.00 points against "
-                         "ModalityDropoutTrainer: more than the seed spread; closes 25 % of")
+                         "ModalityDropoutTrainer: beyond the seed spread and its uncertainty; closes 25 % of")
     assert "trains at 2.18x" in tc
     assert "(ModalityDropoutTrainer x2) are -2.00 against it: a tie, so its lead is what a second network gives" in tc
     assert tc.endswith("the best with one network is MSTKDTrainer (78.00 ± 0.00, +2.00 against "
                        "ModalityDropoutTrainer: a tie).")
     wt = report.which_trainer_line("WT", stats, contenders, {}, None)
     assert wt == ("- **WT**: best mean Dice MSTKDTrainer (75.00 ± 0.00 over seeds), +5.00 points against "
-                  "ModalityDropoutTrainer: more than the seed spread.")
+                  "ModalityDropoutTrainer: beyond the seed spread and its uncertainty.")
 
 
 def small_study(tmp_path, trainers, seeds, dedicated="none", **options) -> study.Study:
@@ -297,8 +335,11 @@ def test_a_method_is_worth_its_cost_only_above_the_compute_matched_control():
              "MAGMSTrainer": statistics(TC=(0.71, 0.71, 0.71), ET=(0.50, 0.50, 0.50))}
     lines = report.equal_compute_lines(stats, ["MSTKDTrainer", "MAGMSTrainer"], ["TC", "ET"])
     assert lines[0] == "- MSTKDTrainer: TC +8.00 (above), ET +1.00 (above): worth its cost on TC and ET."
-    assert lines[1] == ("- MAGMSTrainer: TC -1.00 (tie), ET -10.00 (below): nowhere above it by more than the seed "
-                        "spread; training ModalityDropoutTrainer for as long gives as much.")
+    assert lines[1] == ("- MAGMSTrainer: TC -1.00 (tie), ET -10.00 (below): nowhere above it beyond the seed "
+                        "spread and its uncertainty; training ModalityDropoutTrainer for as long gives as much.")
+    stats["MAGMSTrainer"] = statistics(TC=(0.61, 0.61, 0.61), ET=(0.50, 0.50, 0.50))
+    assert report.equal_compute_lines(stats, ["MAGMSTrainer"], ["TC", "ET"])[0].endswith(
+        "below it on every region; training ModalityDropoutTrainer for as long gives more.")
 
 
 def test_a_study_refuses_a_work_folder_of_another_setup(tmp_path):

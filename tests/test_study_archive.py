@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
+import sys
 
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from conftest import REPO, clean_env, run
 
 from nnunet_missingmod.study import archive, presets
 
@@ -157,13 +159,25 @@ def test_the_repositorys_archive_serves_this_code_on_regenerated_data(name, tmp_
     code (a change to training code restamps the archive in the same commit: docs/study.md)."""
     size = presets.SIZES[name]
     study = presets.preset_study(size, str(tmp_path / "work"), ["ModalityDropoutTrainer"], [1], "none", "cpu")
-    study.mark("preprocessing")  # the raw data only: the archive's fingerprint is of the raw data
-    presets.prepare_synthetic_data(size)(study)
+    study.prepare_data(planned=False)  # the raw data only: the archive's fingerprint is of the raw data
     messages = []
     stored = archive.StudyArchive(os.path.join(REPO, "benchmarks", "results", f"study_{name}"), study.identity,
                                   archive.dataset_fingerprint(study.dataset_folder), study.code_of, None,
                                   log=messages.append)
     assert stored.content["steps"] and len(stored.usable()) == len(stored.content["steps"]), messages
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name, page, options", [("cpu", "results.md", []),
+                                                 ("cpu3d", "results-3d.md", ["--no_compute_matched"])])
+def test_the_committed_report_is_regenerated_exactly_from_its_archive(name, page, options, tmp_path):
+    """docs/results.md and docs/results-3d.md, everything under their heading paragraph, from the archive
+    alone, as the study command writes them on a fresh machine (the paragraph holds the date and command)."""
+    script = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_missingmod_study")
+    run([script, "--preset", name, "--work", tmp_path / "work", "--report", tmp_path / page, "--report_only",
+         *options], clean_env({}))
+    regenerated, committed = ((folder / page).read_text() for folder in (tmp_path, pathlib.Path(REPO) / "docs"))
+    assert regenerated.split("\n## ", 1)[1] == committed.split("\n## ", 1)[1]
 
 
 def test_restamping_keeps_the_old_fingerprint_and_the_evidence(tmp_path):

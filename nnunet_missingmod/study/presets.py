@@ -64,8 +64,9 @@ def preset_setup(size: Size, work: str) -> StudySetup:
 
 
 def prepare_synthetic_data(size: Size):
-    """The preset's ``data_preparation``: the generator's dataset, then nnU-Net's plans, each once."""
-    def prepare(study: Study) -> None:
+    """The preset's ``data_preparation``: the generator's dataset, then (``planned``) nnU-Net's plans,
+    each once. A report alone needs only the dataset, whose fingerprint the archive checks."""
+    def prepare(study: Study, planned: bool = True) -> None:
         from nnunet_missingmod.planning import plan_and_preprocess
         from nnunet_missingmod.synthetic import write_nnunet_dataset
         if not study.done("dataset"):
@@ -73,7 +74,7 @@ def prepare_synthetic_data(size: Size):
             write_nnunet_dataset(DATASET_ID, size.num_train, size.num_test, name=DATASET_NAME, shape=tuple(size.shape),
                                  seed=0, raw_folder=study.env["nnUNet_raw"], overwrite=True, num_processes=2)
             study.mark("dataset")
-        if not study.done("preprocessing"):
+        if planned and not study.done("preprocessing"):
             log(f"plans and preprocessing ({size.configuration})")
             for name in ("nnUNet_raw", "nnUNet_preprocessed"):  # nnU-Net's planning, in this process, reads them
                 os.environ[name] = study.env[name]

@@ -16,7 +16,7 @@ import numpy as np
 
 from nnunet_missingmod.study.statistics import (SeedStatistics, compare, full_subset_statistics, gap_closed,
                                                 mean_dice, mean_over_seeds, paired_difference, read_per_case,
-                                                share_cell)
+                                                seed_statistics, share_cell, sign_flip_p, uncertainty)
 from nnunet_missingmod.study.study import (COMPUTE_MATCHED, ENSEMBLE, METHODS, NO_MASKING, PACKAGE_FOLDER, REFERENCE,
                                            TWO_NETWORKS, Study, dedicated_trainer, log, training_minutes)
 
@@ -32,6 +32,7 @@ ARCHIVE_2D = os.path.join(REPO, "benchmarks", "results", "study_cpu")  # the def
 # at least 30 % of the gap to the dedicated ceiling on TC and ET.
 BAR_REGIONS = ("TC", "ET")
 CEILING_SHARE = 0.30
+BEYOND = "beyond the seed spread and its uncertainty"  # what a verdict other than "tie" means (statistics.compare)
 
 
 def bar_rows(stats: dict[str, SeedStatistics], methods: list[str]) -> list[str]:
@@ -49,8 +50,9 @@ def bar_rows(stats: dict[str, SeedStatistics], methods: list[str]) -> list[str]:
 
 def ensemble_verdicts(stats: dict[str, SeedStatistics], two_networks: list[str]) -> list[str]:
     """What a two-network method adds beyond ensembling: each against the reference's two-seed
-    ensemble on the bar's regions (a tie within the larger spread), and SMML against its branches
-    trained apart, which isolates mutual learning and the priors from the second network."""
+    ensemble on the bar's regions (a tie within the larger spread or its uncertainty), and SMML
+    against its branches trained apart, which isolates mutual learning and the priors from the
+    second network."""
     lines = []
     for trainer in two_networks:
         verdicts = {r: compare(stats[trainer], stats[ENSEMBLE], r) for r in BAR_REGIONS}
@@ -58,9 +60,9 @@ def ensemble_verdicts(stats: dict[str, SeedStatistics], two_networks: list[str])
                 + ", ".join(f"{r} {d * 100:+.2f} ({v})" for r, (d, v) in verdicts.items()))
         above = [r for r, (_, v) in verdicts.items() if v == "above"]
         if trainer == "SMMLTrainer":
-            text += (f": above the ensemble on {' and '.join(above)} by more than the seed spread." if above else
-                     f": not above it by more than the seed spread on {' or '.join(BAR_REGIONS)}; what SMML gains "
-                     f"over {REFERENCE} is what a second network gives.")
+            text += (f": above the ensemble on {' and '.join(above)} {BEYOND}." if above else
+                     f": not above it {BEYOND} on {' or '.join(BAR_REGIONS)}; what SMML gains over {REFERENCE} is "
+                     "what a second network gives.")
         lines.append(text if text.endswith(".") else text + ".")
     if {"SMMLTrainer", "SMMLTrainerNoConsistency"} <= set(two_networks):
         verdicts = {r: compare(stats["SMMLTrainer"], stats["SMMLTrainerNoConsistency"], r) for r in BAR_REGIONS}
@@ -91,7 +93,7 @@ def which_trainer_line(region: str, stats: dict[str, SeedStatistics], contenders
             f"{stats[best].spread[region] * 100:.2f} over seeds)")
     if best != REFERENCE:
         text += (f", {difference * 100:+.2f} points against {REFERENCE}: "
-                 + ("within the seed spread, a tie" if verdict == "tie" else "more than the seed spread"))
+                 + ("a tie (within the seed spread or its uncertainty)" if verdict == "tie" else BEYOND))
         if share_of is not None:
             text += f"; closes {share_cell(share_of(best, region))} of {REFERENCE}'s gap to the dedicated models"
     if best in cost:
@@ -101,7 +103,7 @@ def which_trainer_line(region: str, stats: dict[str, SeedStatistics], contenders
         text += (f"; it deploys two networks, and two of {REFERENCE}'s averaged ({ENSEMBLE}) are "
                  f"{difference * 100:+.2f} against it: "
                  + ("a tie, so its lead is what a second network gives" if verdict == "tie"
-                    else f"{verdict} it by more than the seed spread"))
+                    else f"{verdict} it {BEYOND}"))
         alone = max((t for t in contenders if t not in TWO_NETWORKS), key=lambda t: stats[t].mean[region])
         if alone != REFERENCE:
             difference, verdict = compare(stats[alone], stats[REFERENCE], region)
@@ -158,8 +160,7 @@ def archive_statistics(archive_folder: str, trainers) -> dict[str, SeedStatistic
         tables = [read_per_case(os.path.join(archive_folder, "evaluation", seed, trainer, "per_case.csv"))
                   for seed in sorted(seeds)]
         regions = sorted({r for _, _, r in tables[0]})
-        statistics[trainer] = SeedStatistics({short_region_name(r): [mean_dice(table, r) for table in tables]
-                                              for r in regions})
+        statistics[trainer] = seed_statistics(tables, regions, {r: short_region_name(r) for r in regions})
     return statistics
 
 
@@ -208,7 +209,10 @@ def loss_term_rows(study: Study, trainers: list[str]) -> list[str]:
         summary = study.state["trainings"].get(f"{trainer} seed {study.seeds[0]}", {}).get("loss_terms")
         if not summary:
             continue
-        shares = ", ".join(f"{name} {share:+.0%}" for name, share in summary["gradient_shares"].items() if share)
+        # largest first: the archive stores its records with sorted keys, so the order of the training's
+        # own record cannot be what a report regenerated on another machine shows
+        ordered = sorted(summary["gradient_shares"].items(), key=lambda item: (-abs(item[1]), item[0]))
+        shares = ", ".join(f"{name} {share:+.0%}" for name, share in ordered if share)
         group = "" if summary["clip_group"] == "network" else f" ({summary['clip_group']})"
         rows.append(f"| {trainer} | {summary['epoch']} | {shares} | {summary['clipped']:.0%}{group} |")
     return rows
@@ -303,15 +307,17 @@ def compute_matched_sentence(study: Study) -> str:
 
 def equal_compute_lines(stats: dict[str, SeedStatistics], methods: list[str], regions: list[str]) -> list[str]:
     """Each method against the reference given the same training time: where a method is not above
-    it by more than the seed spread, the method's extra cost buys no more than longer training does."""
+    it beyond the seed spread and its uncertainty, the method's extra cost buys no more than longer
+    training does."""
     lines = []
     for trainer in methods:
         verdicts = {r: compare(stats[trainer], stats[COMPUTE_MATCHED], r) for r in regions}
         above = [r for r, (_, v) in verdicts.items() if v == "above"]
         lines.append(f"- {trainer}: " + ", ".join(f"{r} {d * 100:+.2f} ({v})" for r, (d, v) in verdicts.items())
                      + (f": worth its cost on {' and '.join(above)}." if above else
-                        ": nowhere above it by more than the seed spread; training "
-                        f"{REFERENCE} for as long gives as much."))
+                        f": below it on every region; training {REFERENCE} for as long gives more."
+                        if all(v == "below" for _, v in verdicts.values()) else
+                        f": nowhere above it {BEYOND}; training {REFERENCE} for as long gives as much."))
     return lines
 
 
@@ -330,8 +336,7 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
     folder = lambda t, s: study.evaluation_folder(t, s)  # noqa: E731
     dice = {t: [read_per_case(os.path.join(folder(t, s), "per_case.csv")) for s in seeds] for t in trainers}
     hd95 = {t: [read_per_case(os.path.join(folder(t, s), "per_case.csv"), "hd95") for s in seeds] for t in trainers}
-    stats = {t: SeedStatistics({short[r]: [mean_dice(table, r) for table in dice[t]] for r in regions})
-             for t in trainers}
+    stats = {t: seed_statistics(dice[t], regions, short) for t in trainers}
     mean_hd95 = {t: {short[r]: float(np.mean([mean_dice(table, r) for table in hd95[t]])) for r in regions}
                  for t in trainers}
     seed_mean = {t: mean_over_seeds(dice[t]) for t in trainers}
@@ -340,14 +345,14 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
     ensembles = [read_per_case(os.path.join(folder(ENSEMBLE, p), "per_case.csv")) for p in pairs]
     if ensembles:
         stats[ENSEMBLE], ensemble_spread = ensemble_statistics(
-            SeedStatistics({short[r]: [mean_dice(table, r) for table in ensembles] for r in regions}), stats[REFERENCE])
+            seed_statistics(ensembles, regions, short), stats[REFERENCE])
         seed_mean[ENSEMBLE] = mean_over_seeds(ensembles)
     matched_seeds = [s for s in seeds if os.path.isfile(os.path.join(folder(COMPUTE_MATCHED, s), "per_case.csv"))]
     if matched_seeds:
         matched = [read_per_case(os.path.join(folder(COMPUTE_MATCHED, s), "per_case.csv")) for s in matched_seeds]
         matched_hd95 = [read_per_case(os.path.join(folder(COMPUTE_MATCHED, s), "per_case.csv"), "hd95")
                         for s in matched_seeds]
-        stats[COMPUTE_MATCHED] = SeedStatistics({short[r]: [mean_dice(t, r) for t in matched] for r in regions})
+        stats[COMPUTE_MATCHED] = seed_statistics(matched, regions, short)
         mean_hd95[COMPUTE_MATCHED] = {short[r]: float(np.mean([mean_dice(t, r) for t in matched_hd95])) for r in regions}
         seed_mean[COMPUTE_MATCHED] = mean_over_seeds(matched)
     ceiling = {}
@@ -401,7 +406,7 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
         lines.append(f"- **At equal compute** ({compute_matched_sentence(study)}): "
                      + "; ".join(f"{t} above it on {' and '.join(r)}" if r else f"{t} nowhere above it"
                                  for t, r in worth.items())
-                     + " by more than the seed spread (section \"At equal compute\").")
+                     + f" {BEYOND} (section \"At equal compute\").")
     full_subset = max(subsets, key=lambda s: s.count("+") + 1)
     full = {t: full_subset_statistics(dice[t], full_subset, regions, short) for t in trainers}
     if NO_MASKING in full:
@@ -416,7 +421,7 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
                      + " against it: what training for missing modalities costs, or gains, where none is "
                      "missing (every trainer below).")
     lines += ["", f"{REFERENCE} (nnU-Net with random modality dropout) costs what nnU-Net costs; a method is worth its "
-              "extra training cost where it is above it by more than the seed spread"
+              f"extra training cost where it is above it {BEYOND}"
               + (f", and above {REFERENCE} trained for as long ({COMPUTE_MATCHED})" if COMPUTE_MATCHED in stats else "")
               + (". Costs: docs/benchmarks.md (CPU, ratios of iteration time against nnUNetTrainer)." if preset is not None
                  else ". Costs: each trainer's mean training time over the seeds, against the reference's.")]
@@ -425,7 +430,7 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
                   f"Dice % on {full_subset} alone (mean over the test cases), mean ± standard deviation over the seeds, "
                   f"and the difference from {NO_MASKING}, nnU-Net trained as usual on complete scans: what a trainer "
                   "built for missing modalities gives up, or gains, where none is missing (a difference within the "
-                  "larger seed spread is a tie).", "",
+                  "larger seed spread, or whose 95 % interval over seeds and cases reaches into it, is a tie).", "",
                   "| Trainer | " + " | ".join(f"Dice {short[r]}" for r in regions) + " | "
                   + " | ".join(f"{short[r]} vs {NO_MASKING}" for r in regions) + " |",
                   "|---|" + "---:|" * (2 * len(regions)), *every_modality_rows(full, [short[r] for r in regions])]
@@ -462,8 +467,8 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
     if REFERENCE in trainers and methods:
         lines += ["", "## The bar", "",
                   f"Each method against {REFERENCE} on mean {' and '.join(BAR_REGIONS)} Dice (difference of the seed "
-                  f"means, in Dice points; a difference within the larger of the two trainers' seed spreads is a "
-                  f"tie, which meets the bar's 'at or above').", "",
+                  f"means, in Dice points; a difference within the larger of the two trainers' seed spreads, or "
+                  f"whose 95 % interval over seeds and cases reaches into it, is a tie, which meets the bar's 'at or above').", "",
                   "| Trainer | " + " | ".join(f"{r} vs {REFERENCE}" for r in BAR_REGIONS) + " | at or above |",
                   "|---|" + "---:|" * len(BAR_REGIONS) + "---|", *bar_rows(stats, methods)]
         if ceiling:
@@ -481,7 +486,8 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
         lines += ["", "## At equal compute", "",
                   f"{compute_matched_sentence(study)}: {REFERENCE} trained for the mean training time of the study's "
                   f"costliest method, same iterations per epoch, seeds {', '.join(map(str, matched_seeds))}. Each method "
-                  "against it (difference of the seed means, Dice points; a tie within the larger seed spread):", "",
+                  "against it (difference of the seed means, Dice points; a tie within the larger seed spread or its "
+                  "uncertainty):", "",
                   *equal_compute_lines(stats, methods, [short[r] for r in regions])]
 
     # the 2d ranking, checked in another configuration
@@ -490,7 +496,8 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
         try:
             best_2d = best_method_in_archive(ARCHIVE_2D)[0]
             lines += [f"Each trainer against {REFERENCE} (difference of the seed means, Dice points; tie within the "
-                      f"larger seed spread) in the 2d study (`{os.path.relpath(ARCHIVE_2D, REPO)}`, docs/results.md; "
+                      f"larger seed spread or its uncertainty) in the 2d study (`{os.path.relpath(ARCHIVE_2D, REPO)}`, "
+                      "docs/results.md; "
                       f"the seeds every trainer below has there) and here, in `{study.setup.configuration}`. The 2d study's "
                       f"best method on {' and '.join(BAR_REGIONS)} is {best_2d}.", "",
                       *ranking_against(stats, archive_statistics(ARCHIVE_2D, trainers), best_2d)]
@@ -516,6 +523,29 @@ def write_report(study: Study, report: str, command: str, preset=None) -> None:
                 if t in dice and len(seeds) > 1:
                     per_seed = [mean_dice(a, r) - mean_dice(b, r) for a, b in zip(dice[t], dice[REFERENCE])]
                     cell += f" ± {np.std(per_seed, ddof=1) * 100:.2f}"
+                cells.append(cell)
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        lines += ["", "How sure each verdict against the reference is: the difference of the seed means, its 95 % "
+                  "bootstrap interval over the seeds and the test cases together (10,000 resamples; the cases drawn "
+                  "alike for both trainers, each trainer's seeds drawn apart), and the verdict, which is 'above' or "
+                  "'below' only when that interval lies beyond the larger seed spread."
+                  + (f" Then how many of the {len(seeds)} seeds (paired by number) put the trainer above, and the "
+                     f"exact one-sided sign-flip p over them: with {len(seeds)} seeds it cannot go below "
+                     f"{2.0 ** -len(seeds):.3f}, so the seeds alone never reach p < 0.1; the interval, which adds the "
+                     "test cases, is what the verdicts use." if len(seeds) > 1 else ""), "",
+                  "| Trainer | " + " | ".join(short[r] for r in regions) + " |", "|---|" + "---:|" * len(regions)]
+        for t in [*trainers, *(c for c in (ENSEMBLE, COMPUTE_MATCHED) if c in stats)]:
+            if t == REFERENCE:
+                continue
+            cells = []
+            for r in (short[name] for name in regions):
+                difference, verdict = compare(stats[t], stats[REFERENCE], r)
+                interval = uncertainty(stats[t], stats[REFERENCE], r)
+                cell = f"{difference * 100:+.2f}" + (f" [{interval[0] * 100:+.2f}, {interval[1] * 100:+.2f}]"
+                                                     if interval is not None else "") + f" {verdict}"
+                if t in dice and len(seeds) > 1:
+                    per_seed = np.subtract(stats[t].per_seed[r], stats[REFERENCE].per_seed[r])
+                    cell += f"; {int(np.sum(per_seed > 0))}/{len(seeds)}, p {sign_flip_p(per_seed):.3f}"
                 cells.append(cell)
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
 

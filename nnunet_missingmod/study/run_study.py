@@ -172,6 +172,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                          dry_run=args.dry_run, resubmit_failed=args.resubmit_failed)
             return
         if args.report_only:
+            study.prepare_data(planned=False)  # a preset's data, whose fingerprint the archive checks
             study.open_archive()
             missing = [step for step in study.pending_steps()  # the controls may be missing
                        if step.rsplit(" seed ", 1)[1].isdigit() and COMPUTE_MATCHED not in step]

@@ -1,11 +1,14 @@
 """The study's statistics: per-case tables from the evaluations, seed means and spreads, the paired
-comparison over cases, the share of the gap to the dedicated ceiling, and the verdict rule (a
-difference within the larger seed spread is a tie)."""
+comparison over cases, the share of the gap to the dedicated ceiling, and the verdict rule: a
+difference within the larger seed spread is a tie, and so is one that clears that spread by less
+than its own uncertainty (its 95 % interval over the seeds and the test cases together)."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -49,9 +52,11 @@ def paired_difference(method: dict, reference: dict, region: str, resamples: int
 
 @dataclass
 class SeedStatistics:
-    """A trainer's mean Dice over subsets per region: the seeds' values, their mean and spread."""
+    """A trainer's mean Dice over subsets per region: the seeds' values, their mean and spread, and
+    (``per_case``, optional) each seed's Dice per test case, averaged over the subsets."""
 
     per_seed: dict[str, list[float]]  # region -> one value per seed
+    per_case: Optional[dict[str, np.ndarray]] = None  # region -> (seeds, cases), cases in sorted order
     mean: dict[str, float] = field(init=False)
     spread: dict[str, float] = field(init=False)  # sample standard deviation over seeds (0 for one seed)
 
@@ -60,13 +65,72 @@ class SeedStatistics:
         self.spread = {r: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for r, v in self.per_seed.items()}
 
 
+def seed_statistics(tables: list[dict], regions: list[str], short: dict, subset: Optional[str] = None
+                    ) -> SeedStatistics:
+    """SeedStatistics of one trainer's per-seed tables (``read_per_case``), per case as well; with
+    ``subset``, that subset alone (else the mean over subsets, as the papers' "Avg")."""
+    per_case = {}
+    for region in regions:
+        cases = sorted({c for c, _, r in tables[0] if r == region})
+        per_case[short[region]] = np.array([[np.mean([v for (c, s, r), v in table.items() if c == case and r == region
+                                                       and (subset is None or s == subset)]) for case in cases]
+                                            for table in tables])
+    # the mean over cases of the per-case means is mean_dice's mean over subsets of the per-subset means
+    return SeedStatistics({r: [float(v) for v in values.mean(axis=1)] for r, values in per_case.items()}, per_case)
+
+
+RESAMPLES = 10000
+
+
+def seeds_and_cases_interval(method: np.ndarray, reference: np.ndarray, resamples: int = RESAMPLES,
+                             seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the difference of two trainers' mean Dice, from their
+    (seeds, cases) tables: each resample draws the test cases (the same for both: paired) and each
+    trainer's seeds (separate training runs: apart), so the interval covers both the choice of test
+    cases and the training run. With one seed it covers the cases only."""
+    rng = np.random.default_rng(seed)
+
+    def weights(n: int) -> np.ndarray:  # (resamples, n): how often each item is drawn, over n
+        return rng.multinomial(n, np.full(n, 1.0 / n), resamples) / n
+
+    cases = weights(method.shape[1])
+    differences = (np.einsum("bs,sc,bc->b", weights(method.shape[0]), method, cases)
+                   - np.einsum("bs,sc,bc->b", weights(reference.shape[0]), reference, cases))
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def uncertainty(method: SeedStatistics, reference: SeedStatistics, region: str) -> Optional[tuple[float, float]]:
+    """The 95 % interval over seeds and cases of ``method - reference``, where both hold per-case values of
+    the same test cases; else None."""
+    if method.per_case is None or reference.per_case is None:
+        return None
+    a, b = method.per_case[region], reference.per_case[region]
+    return seeds_and_cases_interval(a, b) if a.shape[1] == b.shape[1] else None
+
+
 def compare(method: SeedStatistics, reference: SeedStatistics, region: str) -> tuple[float, str]:
     """(difference of seed means, verdict): "tie" when the difference is within the larger of the
-    two trainers' seed spreads, else "above" or "below"."""
+    two trainers' seed spreads, or clears it by less than its own uncertainty (its 95 % interval
+    over seeds and cases reaches into that spread); else "above" or "below"."""
     difference = method.mean[region] - reference.mean[region]
-    if abs(difference) <= max(method.spread[region], reference.spread[region]):
+    threshold = max(method.spread[region], reference.spread[region])
+    if abs(difference) <= threshold:
+        return difference, "tie"
+    interval = uncertainty(method, reference, region)
+    if interval is not None and (interval[0] <= threshold if difference > 0 else interval[1] >= -threshold):
         return difference, "tie"
     return difference, "above" if difference > 0 else "below"
+
+
+def sign_flip_p(differences) -> float:
+    """Exact one-sided p of the paired sign-flip test over seeds, in the direction of the mean
+    difference: the share of the 2^n sign patterns whose mean is at least as far out. Its least
+    value is 2^-n (0.125 for 3 seeds), so 3 seeds alone can never give p < 0.1."""
+    d = np.abs(np.asarray(differences, dtype=float))
+    observed = abs(float(np.mean(differences)))
+    means = [float(np.mean(d * signs)) for signs in itertools.product((1, -1), repeat=len(d))]
+    return sum(m >= observed - 1e-12 for m in means) / len(means)
 
 
 def gap_closed(method: dict, reference: dict, ceiling: dict, region: str) -> float:
@@ -85,11 +149,6 @@ def share_cell(share: float) -> str:
     return "no gap (the reference is at the ceiling)" if np.isnan(share) else f"{share * 100:.0f} %"
 
 
-# The bar (issue 14): every method at or above ModalityDropoutTrainer on mean TC and ET (seed means,
-
-
 def full_subset_statistics(tables: list[dict], full_subset: str, regions: list[str], short: dict) -> SeedStatistics:
     """A trainer's Dice with every modality present: per seed, the mean over cases on the full subset."""
-    return SeedStatistics({short[r]: [float(np.mean([v for (c, s, rr), v in table.items() if s == full_subset and rr == r]))
-                                      for table in tables] for r in regions})
-
+    return seed_statistics(tables, regions, short, subset=full_subset)

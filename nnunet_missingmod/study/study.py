@@ -109,7 +109,7 @@ class Study:
     def __init__(self, work: str, setup: StudySetup, trainers: list[str], seeds: list[int], dedicated: str,
                  device: str, identity: Optional[dict] = None, raw: Optional[str] = None,
                  preprocessed: Optional[str] = None, archive_folder: Optional[str] = None,
-                 data_preparation: Optional[Callable[["Study"], None]] = None, compute_matched: bool = True,
+                 data_preparation: Optional[Callable[["Study", bool], None]] = None, compute_matched: bool = True,
                  ensemble: bool = True, evaluation_workers: Optional[int] = None):
         self.work, self.setup, self.trainers, self.seeds, self.device = work, setup, trainers, seeds, device
         self.identity = identity or setup.identity()
@@ -310,10 +310,11 @@ class Study:
 
     # --- the steps ---------------------------------------------------------------------------
 
-    def prepare_data(self) -> None:
-        """The preset's data, or a check that the user's dataset is planned and its test cases there."""
+    def prepare_data(self, planned: bool = True) -> None:
+        """The preset's data (and, if ``planned``, its plans and preprocessing), or a check that the
+        user's dataset is planned and its test cases there."""
         if self.data_preparation is not None:
-            self.data_preparation(self)
+            self.data_preparation(self, planned)
             return
         plans = os.path.join(self.env["nnUNet_preprocessed"], self.setup.dataset, f"{self.setup.plans}.json")
         if not os.path.isfile(plans):
@@ -532,6 +533,8 @@ class Study:
                 updates["trainings"] = {step.removeprefix("train "): record["training"]}
             if "priors_s" in record:
                 updates["priors_s"] = record["priors_s"]
+            if "compute_matched" in record and "compute_matched" not in self.state:
+                updates["compute_matched"] = record["compute_matched"]
             self.mark(step, finished=record["finished"], **updates)  # made with this code, as usable() checks
             taken.append(step)
         if taken:
@@ -567,6 +570,8 @@ class Study:
                 with self.locked_state() as state:
                     state["trainings"][key] = record
             files, details["training"] = [], self.state["trainings"][key]
+            if key.startswith(COMPUTE_MATCHED):  # its epochs, method matched and ratio, which the report names
+                details["compute_matched"] = self.state["compute_matched"]
         elif step.startswith("evaluate "):
             label, seed = step.removeprefix("evaluate ").rsplit(" seed ", 1)
             seed = int(seed) if seed.isdigit() else seed
