@@ -190,4 +190,33 @@ def test_the_study_runs_through_slurm(local_study, nnunet_folders, tmp_path):
     assert "- **At equal compute**" in report
 
     second = run(command, env)
-    assert "submitted 0" in second.stdout, second.stdout
+    assert "submitted 0" in second.stdout and "ended without finishing" not in second.stdout, second.stdout
+
+
+@pytest.mark.skipif(not slurm_available() and os.environ.get("nnunet_missingmod_require_slurm") != "1",
+                    reason="no SLURM here (.ci/run starts a one-node cluster: tests/slurm/start_local_slurm.sh)")
+def test_a_failed_job_is_resubmitted_only_when_asked(local_study, nnunet_folders, tmp_path):
+    """A finished study whose report job really fails (its setup line exits 3): the next submission
+    names it and submits nothing; with --resubmit_failed a new job writes the report; then nothing
+    is left to submit and nothing is called failed."""
+    assert slurm_available(), "nnunet_missingmod_require_slurm=1 but sinfo/sbatch do not answer"
+    work, env = tmp_path / "study", study_env(nnunet_folders)
+    shutil.copytree(local_study["work"], work)
+    os.remove(work / "report.md")
+    command = [STUDY, *arguments(work, [REFERENCE], [1]), "--run", "slurm", "--mem", "1G"]
+    logs = str(work / "slurm" / "logs")
+    run(command + ["--setup", "exit 3"], env)
+    failed = load_json(work / "slurm" / "jobs.json")["report"]["job_id"]
+    wait_for_jobs({failed}, timeout=120, logs=logs)
+    assert not (work / "report.md").exists()
+
+    again = run(command, env).stdout
+    assert "submitted 0" in again and f"report (job {failed}" in again, again
+    assert load_json(work / "slurm" / "jobs.json")["report"]["job_id"] == failed
+    run(command + ["--resubmit_failed"], env)
+    resubmitted = load_json(work / "slurm" / "jobs.json")["report"]["job_id"]
+    assert resubmitted != failed
+    wait_for_jobs({resubmitted}, timeout=300, logs=logs)
+    assert (work / "report.md").is_file(), os.listdir(logs)
+    final = run(command, env).stdout
+    assert "submitted 0" in final and "ended without finishing" not in final, final

@@ -185,6 +185,12 @@ class JobRecord:
                 if len(line.split()) == 2 and line.split()[1] in ACTIVE_STATES}
 
 
+def written_after(report: str, job: dict) -> bool:
+    """Whether ``report`` was written after ``job`` (a jobs.json record) was submitted."""
+    submitted = time.mktime(time.strptime(job["submitted"], "%Y-%m-%d %H:%M:%S"))
+    return os.path.isfile(report) and os.path.getmtime(report) >= submitted
+
+
 def submit(study: Study, resources: Resources, arguments: list[str], report: str, dry_run: bool = False,
            resubmit_failed: bool = False) -> dict[str, str]:
     """Submit every step not done (``dry_run``: print the scripts); returns {step: job id}."""
@@ -204,6 +210,10 @@ def submit(study: Study, resources: Resources, arguments: list[str], report: str
         if earlier and earlier["job_id"] in active:
             submitted[job.step] = earlier["job_id"]  # queued or running: left alone, its dependents wait on it
             continue
+        if job.step == REPORT_STEP and earlier and written_after(report, earlier):
+            if not submitted:
+                continue  # nothing new: the report of these steps is written (a report is never marked done)
+            earlier = None  # new steps will finish: a new report after them, which is not a resubmission
         if earlier and not resubmit_failed and not dry_run:
             failed.append(f"{job.step} (job {earlier['job_id']}, log in {os.path.join(study.work, 'slurm', 'logs')})")
             continue
