@@ -69,12 +69,17 @@ def seed_statistics(tables: list[dict], regions: list[str], short: dict, subset:
                     ) -> SeedStatistics:
     """SeedStatistics of one trainer's per-seed tables (``read_per_case``), per case as well; with
     ``subset``, that subset alone (else the mean over subsets, as the papers' "Avg")."""
+    per_seed = []  # one pass over each table: {(region, case): [values over the subsets]}
+    for table in tables:
+        grouped: dict[tuple, list] = {}
+        for (case, s, region), value in table.items():
+            if subset is None or s == subset:
+                grouped.setdefault((region, case), []).append(value)
+        per_seed.append(grouped)
     per_case = {}
     for region in regions:
-        cases = sorted({c for c, _, r in tables[0] if r == region})
-        per_case[short[region]] = np.array([[np.mean([v for (c, s, r), v in table.items() if c == case and r == region
-                                                       and (subset is None or s == subset)]) for case in cases]
-                                            for table in tables])
+        cases = sorted(c for r, c in per_seed[0] if r == region)
+        per_case[short[region]] = np.array([[np.mean(grouped[(region, c)]) for c in cases] for grouped in per_seed])
     # the mean over cases of the per-case means is mean_dice's mean over subsets of the per-subset means
     return SeedStatistics({r: [float(v) for v in values.mean(axis=1)] for r, values in per_case.items()}, per_case)
 
