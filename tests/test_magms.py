@@ -79,12 +79,11 @@ def label_dataset_json(preprocessed):
     return dataset_json
 
 
-class SmallMAGMSTrainerMasked(MAGMSTrainerMasked):
-    """The masked variant for the DDP check: small (cheaper, the same code) and with batch Dice,
-    which nnU-Net all-gathers across ranks (the synthetic plans turn it off)."""
+class BatchDiceMAGMSTrainerMasked(MAGMSTrainerMasked):
+    """The masked variant for the DDP check, with batch Dice, which nnU-Net all-gathers across ranks
+    (the synthetic plans turn it off)."""
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        shrink(plans, configuration, SMALL_FEATURES, SMALL_PATCH)
         plans["configurations"][configuration]["batch_dice"] = True
         super().__init__(plans, configuration, fold, dataset_json, device)
 
@@ -466,10 +465,12 @@ def test_cascade_configuration_is_refused(preprocessed):
                      torch.device("cpu"))
 
 
-def test_train_step_is_synchronised_under_ddp(preprocessed):
-    """Two gloo processes, each with its own random subsets (so its own sub-batches per modality)."""
+def test_train_step_is_synchronised_under_ddp(preprocessed, narrow_plans):
+    """Two gloo processes, each with its own random subsets (so its own sub-batches per modality), at
+    the narrow plans like the other DDP checks."""
     from ddp_check import check_ddp_train_steps
-    moved = check_ddp_train_steps("test_magms:SmallMAGMSTrainerMasked", preprocessed, CONFIGURATION, steps=2)
+    moved = check_ddp_train_steps("test_magms:BatchDiceMAGMSTrainerMasked", preprocessed, CONFIGURATION, steps=2,
+                                  plans_name=narrow_plans["plans_name"])
     assert set(moved) == {"network"}
 
 
