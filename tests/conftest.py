@@ -29,6 +29,19 @@ E2E_FIXTURES = {"raw_dataset", "preprocessed", "trained_model", "predictor", "na
 os.environ.setdefault("nnUNet_def_n_proc", "2")
 os.environ.setdefault("nnUNet_n_proc_DA", "2")
 
+# pytest-xdist runs the suite in one worker per core (pyproject.toml). Each worker, and the commands
+# its tests start, then gets its share of the cores in torch threads (1 on CI's 2 cores), and idle
+# OpenMP threads sleep instead of spinning: measured on 2 cores, two workers with torch's default 2
+# threads each spent 37 CPU-minutes where the serial run spent 25, and ran longer than it.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+WORKER_THREADS = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // _workers))} if _workers > 1 else {}
+os.environ.update({**WORKER_THREADS, "OMP_WAIT_POLICY": "PASSIVE"})
+
+# The files that take longest go first, so that the last file to start does not run alone while the
+# other workers wait (seconds measured serially on 2 cores, 2026-12-06); the others keep their order.
+SLOWEST_FILES = ["test_demo.py", "test_cuda_path.py", "test_study_command.py", "test_mstkd.py", "test_magms.py",
+                 "test_smml.py", "test_evaluation_at_scale.py", "test_official_formulas.py"]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID}_SyntheticBraTS"
@@ -62,6 +75,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
@@ -75,6 +90,8 @@ def clean_env(folders: dict, **extra) -> dict:
         "LANG": "C.UTF-8",
         "nnUNet_def_n_proc": "2",
         "nnUNet_n_proc_DA": "2",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        **WORKER_THREADS,
         **folders,
     }
     env.update({k: str(v) for k, v in extra.items()})
@@ -122,12 +139,32 @@ def run_together(commands: list[tuple[list, dict]], timeout=COMMAND_TIMEOUT_S) -
     return results
 
 
+def shared_root(tmp_path_factory) -> str:
+    """Where the session's shared work lives: the run's temporary folder, which pytest-xdist's
+    workers share (each worker's own folder is a subfolder of it)."""
+    base = tmp_path_factory.getbasetemp()
+    return str(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
+def made_once(folders: dict, name: str, make) -> None:
+    """``make()`` run once for the whole run, by the first worker to need it; the other workers wait
+    for it and reuse what it wrote (a failed ``make`` is tried again by the next worker, and fails
+    there too)."""
+    from filelock import FileLock
+    root = os.path.dirname(folders["nnUNet_raw"])
+    with FileLock(os.path.join(root, f".{name}.lock")):
+        done = os.path.join(root, f".{name}.done")
+        if not os.path.exists(done):
+            make()
+            open(done, "w").close()
+
+
 @pytest.fixture(scope="session")
 def nnunet_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nnunet")
-    folders = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    root = os.path.join(shared_root(tmp_path_factory), "nnunet")
+    folders = {name: os.path.join(root, name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for folder in folders.values():
-        os.makedirs(folder)
+        os.makedirs(folder, exist_ok=True)
     # In-process code (predictor, trainers) reads the same folders.
     saved = {k: os.environ.get(k) for k in folders}
     os.environ.update(folders)
@@ -142,23 +179,27 @@ def nnunet_folders(tmp_path_factory):
 @pytest.fixture(scope="session")
 def raw_dataset(nnunet_folders) -> str:
     from nnunet_missingmod.synthetic import write_nnunet_dataset
-    return write_nnunet_dataset(DATASET_ID, num_train=6, num_test=2, shape=SHAPE, seed=0,
-                                raw_folder=nnunet_folders["nnUNet_raw"])
+    folder = os.path.join(nnunet_folders["nnUNet_raw"], DATASET_NAME)
+    made_once(nnunet_folders, "raw_dataset", lambda: write_nnunet_dataset(
+        DATASET_ID, num_train=6, num_test=2, shape=SHAPE, seed=0, raw_folder=nnunet_folders["nnUNet_raw"]))
+    return folder
 
 
 @pytest.fixture(scope="session")
 def preprocessed(nnunet_folders, raw_dataset) -> str:
-    run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", CONFIGURATION, "-np", "2"], clean_env(nnunet_folders))
+    made_once(nnunet_folders, "preprocessed", lambda: run(
+        ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", CONFIGURATION, "-np", "2"], clean_env(nnunet_folders)))
     return os.path.join(nnunet_folders["nnUNet_preprocessed"], DATASET_NAME)
 
 
 @pytest.fixture(scope="session")
-def narrow_plans(preprocessed) -> dict:
+def narrow_plans(nnunet_folders, preprocessed) -> dict:
     """The same preprocessed data under a narrow U-Net (4-16 features, a 16³ patch; ``-p
     nnUNetPlansNarrow``): for the checks whose subject does not depend on the width (the CUDA path,
     DDP synchronisation), at a fraction of the full plans' cost."""
-    from nnunet_missingmod.planning import write_narrow_plans
-    return write_narrow_plans(preprocessed, CONFIGURATION)
+    from nnunet_missingmod.planning import NARROW_PLANS, write_narrow_plans
+    made_once(nnunet_folders, "narrow_plans", lambda: write_narrow_plans(preprocessed, CONFIGURATION))
+    return load_json(os.path.join(preprocessed, f"{NARROW_PLANS}.json"))
 
 
 def training_env(folders, epochs: int, **extra) -> dict:
@@ -173,20 +214,26 @@ def training_env(folders, epochs: int, **extra) -> dict:
 
 @pytest.fixture(scope="session")
 def trained_model(nnunet_folders, preprocessed) -> dict:
-    """One epoch, then resumed with --c to a second: the model folder and both runs' output."""
+    """One epoch, then resumed with --c to a second: the model folder."""
     command = ["nnUNetv2_train", DATASET_ID, CONFIGURATION, "0", "-tr", TRAINER, "-device", "cpu"]
-    first = run(command, training_env(nnunet_folders, epochs=1))
-    resumed = run(command + ["--c"], training_env(nnunet_folders, epochs=2, nnUNet_missingmod_skip_final_validation=0))
-    folder = os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME, f"{TRAINER}__nnUNetPlans__{CONFIGURATION}")
-    return {"folder": folder, "first": first, "resumed": resumed}
+
+    def train():
+        run(command, training_env(nnunet_folders, epochs=1))
+        run(command + ["--c"], training_env(nnunet_folders, epochs=2, nnUNet_missingmod_skip_final_validation=0))
+    made_once(nnunet_folders, "trained_model", train)
+    return {"folder": os.path.join(nnunet_folders["nnUNet_results"], DATASET_NAME,
+                                   f"{TRAINER}__nnUNetPlans__{CONFIGURATION}")}
 
 
 @pytest.fixture(scope="session")
 def predictor(trained_model):
     import torch
 
-    from nnunet_missingmod.inference.model import load_predictor
-    return load_predictor(trained_model["folder"], folds=[0], device=torch.device("cpu"), use_mirroring=False)
+    from nnunet_missingmod.inference.model import device_from_name, load_predictor
+
+    # with nnU-Net's CPU threads, as the commands set them: tests compare its scores with theirs digit for
+    # digit, and a test worker's own thread count (WORKER_THREADS) sums probabilities in another order
+    return load_predictor(trained_model["folder"], folds=[0], device=device_from_name("cpu"), use_mirroring=False)
 
 
 def load_script(name: str):

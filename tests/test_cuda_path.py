@@ -81,6 +81,8 @@ def test_every_family_trains_on_the_cuda_path(name, preprocessed, narrow_plans, 
     if name == "MSTKDFrozenTeacherTrainer":
         monkeypatch.setenv("nnUNet_missingmod_teacher", write_teacher(preprocessed, narrow_plans, tmp_path / "teacher"))
     trainer = make_trainer(trainer_class(name), preprocessed, plans=narrow_plans)
+    if name == "SMMLTrainer":  # a priors folder of its own, empty: test_smml.py rewrites the dataset's meanwhile
+        trainer.priors_folder = str(tmp_path / "priors")
     trainer.initialize()
     assert isinstance(trainer.network, OptimizedModule) and trainer.grad_scaler is not None
     assert isinstance(trainer.grad_scaler, torch.amp.GradScaler)

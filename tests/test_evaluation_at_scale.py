@@ -83,12 +83,15 @@ def test_a_killed_evaluation_resumes_to_the_same_reports(trained_model, folders,
     process = subprocess.Popen(command(trained_model, folders, out, "-np", "0"), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 1200
-    while not (out / "records").is_dir() or not os.listdir(out / "records"):
+
+    def finished_records():  # not the hidden temporary file of a record being written
+        return sorted(n for n in os.listdir(out / "records") if not n.startswith(".")) if (out / "records").is_dir() else []
+    while not finished_records():
         assert process.poll() is None and time.time() < deadline, "the evaluation ended before its first record"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    scored = sorted(os.listdir(out / "records"))
+    scored = finished_records()
     assert len(scored) == 1 and not (out / "per_case.csv").exists()  # killed between the two test cases
     first_record = (out / "records" / scored[0]).read_bytes()
 
