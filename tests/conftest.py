@@ -34,7 +34,8 @@ os.environ.setdefault("nnUNet_n_proc_DA", "2")
 # OpenMP threads sleep instead of spinning: measured on 2 cores, two workers with torch's default 2
 # threads each spent 37 CPU-minutes where the serial run spent 25, and ran longer than it.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-WORKER_THREADS = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // _workers))} if _workers > 1 else {}
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # as xdist counts
+WORKER_THREADS = {"OMP_NUM_THREADS": str(max(1, _cores // _workers))} if _workers > 1 else {}
 os.environ.update({**WORKER_THREADS, "OMP_WAIT_POLICY": "PASSIVE"})
 
 # The files that take longest go first, so that the last file to start does not run alone while the

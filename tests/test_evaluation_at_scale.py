@@ -85,7 +85,8 @@ def test_a_killed_evaluation_resumes_to_the_same_reports(trained_model, folders,
     deadline = time.time() + 1200
 
     def finished_records():  # not the hidden temporary file of a record being written
-        return sorted(n for n in os.listdir(out / "records") if not n.startswith(".")) if (out / "records").is_dir() else []
+        folder = out / "records"
+        return sorted(n for n in os.listdir(folder) if not n.startswith(".")) if folder.is_dir() else []
     while not finished_records():
         assert process.poll() is None and time.time() < deadline, "the evaluation ended before its first record"
         time.sleep(0.05)
