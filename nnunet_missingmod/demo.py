@@ -169,7 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--iterations", type=int, default=40, help="iterations per epoch (default 40)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"training seed (default {DEFAULT_SEED}: the table in docs/demo.md)")
-    parser.add_argument("--markdown", default=None, metavar="PATH", help="also write the table as a page (docs/demo.md)")
+    parser.add_argument("--markdown", default=None, metavar="PATH",
+                        help="also write the table as a page (docs/demo.md)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="start again in an existing work folder")
     args = parser.parse_args(argv)

@@ -76,7 +76,8 @@ def _worker(rank: int, world_size: int, port: int, trainer_name: str, preprocess
             trainer.train_step(next(loader))
         after = {name: _parameters(m) for name, m in trainable.items()}
         sampled = getattr(getattr(trainer, "loss_monitor", None), "_sampled", None)
-        torch.save({"before": before, "after": after, "sampled": sampled}, os.path.join(result_folder, f"rank{rank}.pt"))
+        torch.save({"before": before, "after": after, "sampled": sampled},
+                   os.path.join(result_folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 

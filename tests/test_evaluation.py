@@ -175,7 +175,8 @@ def test_a_model_ensembled_with_another_averages_their_logits(trained_model, pre
     pair = single(trained_model["folder"])
     ensemble_with(pair, [str(other)], folds=[0])
     assert len(pair.list_of_parameters) == 2
-    expected = (mine.predict_logits_from_preprocessed_data(data) + theirs.predict_logits_from_preprocessed_data(data)) / 2
+    expected = (mine.predict_logits_from_preprocessed_data(data)
+                + theirs.predict_logits_from_preprocessed_data(data)) / 2
     torch.testing.assert_close(pair.predict_logits_from_preprocessed_data(data), expected, rtol=1e-4, atol=1e-4)
 
     checkpoint["trainer_name"] = "FullModalityTrainer"

@@ -21,8 +21,8 @@ def empty():
 
 
 def test_nothing_to_find_and_nothing_found_scores_one_and_zero():
-    assert (lesion_wise_scores(empty(), empty(), (1, 1, 1)).dice, lesion_wise_scores(empty(), empty(), (1, 1, 1)).hd95) \
-        == (1.0, 0.0)
+    nothing = lesion_wise_scores(empty(), empty(), (1, 1, 1))
+    assert (nothing.dice, nothing.hd95) == (1.0, 0.0)
     ref = cube(empty(), (5, 5, 5), 5)
     scores = lesion_wise_scores(ref, ref, (1, 1, 1))
     assert (scores.dice, scores.hd95, scores.lesions, scores.missed, scores.false_positives) == (1.0, 0.0, 1, 0, 0)
@@ -88,7 +88,8 @@ def test_etpp_removes_a_predicted_et_under_the_threshold_and_leaves_the_other_re
     prediction[14, 19, 19] = 2  # 499 ET voxels: no ET after post-processing
     removed = score_prediction(prediction, reference, BRATS_REGIONS, (1, 1, 1))
     assert removed["enhancing_tumor"]["dice"] == 0.0  # a false ET where there is none
-    assert removed["enhancing_tumor_postprocessed"] == {"dice": 1.0, "hd95": 0.0, "lesion_dice": 1.0, "lesion_hd95": 0.0}
+    assert removed["enhancing_tumor_postprocessed"] == {"dice": 1.0, "hd95": 0.0, "lesion_dice": 1.0,
+                                                        "lesion_hd95": 0.0}
     assert removed["tumor_core"] == score_prediction(prediction, reference, BRATS_REGIONS, (1, 1, 1),
                                                      Conventions(et_min_voxels=0))["tumor_core"]
     stricter = score_prediction(prediction, reference, BRATS_REGIONS, (1, 1, 1), Conventions(et_min_voxels=400))

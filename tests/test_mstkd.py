@@ -298,7 +298,8 @@ def test_loss_weights_are_calibrated_for_sgd_and_ramped_up(joint_trainer, monkey
 def test_train_step_is_synchronised_under_ddp(preprocessed, narrow_plans):
     """Two gloo processes: network, teacher and discriminator identical across ranks after a step."""
     from ddp_check import check_ddp_train_steps
-    moved = check_ddp_train_steps("MSTKDTrainer", preprocessed, CONFIGURATION, steps=1, plans_name=narrow_plans["plans_name"])
+    moved = check_ddp_train_steps("MSTKDTrainer", preprocessed, CONFIGURATION, steps=1,
+                                  plans_name=narrow_plans["plans_name"])
     assert set(moved) == {"network", "teacher", "discriminator"}
 
 

@@ -61,7 +61,8 @@ def test_masking_goes_after_the_image_transforms(preprocessed):
         regions=trainer.label_manager.foreground_regions)
     position = internals.masking_position(pipeline)
     assert isinstance(pipeline.transforms[position], RemoveLabelTransform)
-    before = [type(getattr(t, "transform", t)).__name__ for t in pipeline.transforms[:position]]  # unwrap RandomTransform
+    # unwrap RandomTransform
+    before = [type(getattr(t, "transform", t)).__name__ for t in pipeline.transforms[:position]]
     assert "MirrorTransform" in before and "GammaTransform" in before  # every image transform comes first
 
 

@@ -74,7 +74,8 @@ def test_every_modality_missing_is_refused_before_predicting(predictor, raw_data
             shutil.copy(os.path.join(source, name), only_flair)
     with pytest.raises(CaseError, match=r"case \S+: every modality is missing.*_0003.nii.gz.*--missing FLAIR"):
         predict_missing(predictor, str(only_flair), str(tmp_path / "out"), missing="FLAIR", show_progress=False)
-    assert not os.path.exists(tmp_path / "out") or not [f for f in os.listdir(tmp_path / "out") if f.endswith(".nii.gz")]
+    out = tmp_path / "out"
+    assert not os.path.exists(out) or not [f for f in os.listdir(out) if f.endswith(".nii.gz")]
 
 
 def test_a_bad_case_in_the_middle_stops_the_run_before_anything_is_written(predictor, raw_dataset, tmp_path):

@@ -321,7 +321,8 @@ def test_the_compute_matched_control_trains_as_long_as_the_costliest_method(tmp_
     matched.state["trainings"] = {f"{t} seed {s}": {"minutes": m[s - 1]} for t, m in minutes.items() for s in (1, 2)}
     assert matched.compute_matched_epochs() == 40  # 10 epochs x 18 / 4.5
     record = matched.reload()["compute_matched"]
-    assert record["matched_to"] == "MSTKDTrainer" and record["ratio"] == pytest.approx(4.0) and record["seeds"] == [1, 2]
+    assert record["matched_to"] == "MSTKDTrainer" and record["ratio"] == pytest.approx(4.0)
+    assert record["seeds"] == [1, 2]
     matched.state["trainings"]["MSTKDTrainer seed 1"] = {"minutes": 100.0}  # fixed once: a later record changes nothing
     assert matched.compute_matched_epochs() == 40
     assert matched.training_needs(study.COMPUTE_MATCHED, 1) == []

@@ -391,5 +391,6 @@ def test_the_checkpoint_decides_whether_the_refinement_heads_exist(preprocessed,
 def test_train_steps_are_synchronised_under_ddp(preprocessed, narrow_plans, sam_priors):
     """Two gloo processes on the CPU, every term on: both branches and both heads agree across ranks."""
     from ddp_check import check_ddp_train_steps
-    moved = check_ddp_train_steps("test_smml:SMMLConsistencyFromStart", preprocessed, CONFIGURATION, steps=2, plans_name=narrow_plans["plans_name"])
+    moved = check_ddp_train_steps("test_smml:SMMLConsistencyFromStart", preprocessed, CONFIGURATION, steps=2,
+                                  plans_name=narrow_plans["plans_name"])
     assert set(moved) == {"network", "refinement_heads"}

@@ -1,8 +1,9 @@
 """``nnUNetv2_missingmod_study`` on a dataset the study was not written for (the suite's planned
 dataset 991), run here, resumed on a "fresh machine" from its archive, and through a real one-node
 SLURM cluster. The networks are the narrow plans' (4-16 features) with the whole 40x48x40 volume as
-their patch, so each of an evaluation's 30 predictions is one small window: with the narrow plans' 16³ patch an evaluation took 140 s (some
-80 windows a prediction), with nnU-Net's own plans 2 s a prediction.
+their patch, so each of an evaluation's 30 predictions is one small window: with the narrow plans'
+16³ patch an evaluation took 140 s (some 80 windows a prediction), with nnU-Net's own plans 2 s a
+prediction.
 
 The SLURM test needs ``sbatch``: ``.ci/run`` starts the cluster (tests/slurm/start_local_slurm.sh)
 and sets ``nnunet_missingmod_require_slurm=1``, so that in CI the test fails rather than skips.
@@ -110,7 +111,8 @@ def test_a_study_resumed_on_a_fresh_machine_from_its_archive(local_study, nnunet
     assert ((local_study["work"] / evaluation / "per_case.csv").read_text()
             == (tmp_path / "second" / evaluation / "per_case.csv").read_text())
     # both reports are WORK/report.md, so their figure folders (report/) are named alike
-    tables = [(work / "report.md").read_text().split("\n## ", 1)[1] for work in (local_study["work"], tmp_path / "second")]
+    tables = [(work / "report.md").read_text().split("\n## ", 1)[1]
+              for work in (local_study["work"], tmp_path / "second")]
     assert tables[0] == tables[1]
     content = load_json(tmp_path / "archive" / "archive.json")
     assert sorted(content["steps"]) == sorted(steps)

@@ -155,5 +155,6 @@ def test_test_time_mirroring_is_dropped_from_the_model_on_request(preprocessed, 
 def test_train_step_is_synchronised_under_ddp(preprocessed, narrow_plans):
     """Two gloo processes on the CPU: after two steps on different batches the ranks agree."""
     from ddp_check import check_ddp_train_steps
-    moved = check_ddp_train_steps("ModalityDropoutTrainer", preprocessed, CONFIGURATION, steps=2, plans_name=narrow_plans["plans_name"])
+    moved = check_ddp_train_steps("ModalityDropoutTrainer", preprocessed, CONFIGURATION, steps=2,
+                                  plans_name=narrow_plans["plans_name"])
     assert set(moved) == {"network"}
