@@ -36,10 +36,13 @@ os.environ.setdefault("nnUNet_n_proc_DA", "2")
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # as xdist counts
 WORKER_THREADS = {"OMP_NUM_THREADS": str(max(1, _cores // _workers))} if _workers > 1 else {}
-os.environ.update({**WORKER_THREADS, "OMP_WAIT_POLICY": "PASSIVE"})
+THREAD_SETTINGS = {**WORKER_THREADS, "OMP_WAIT_POLICY": "PASSIVE"}
+os.environ.update(THREAD_SETTINGS)
 
 # The files that take longest go first, so that the last file to start does not run alone while the
-# other workers wait (seconds measured serially on 2 cores, 2026-12-06); the others keep their order.
+# other workers wait; the others keep their order. Serially on 2 cores (2026-12-06): demo 167 s (first:
+# it needs no shared fixture), CUDA path 236, study command 204, mstkd 85, magms 77, smml 77,
+# evaluation at scale 64, official formulas 30 (67 beside another worker).
 SLOWEST_FILES = ["test_demo.py", "test_cuda_path.py", "test_study_command.py", "test_mstkd.py", "test_magms.py",
                  "test_smml.py", "test_evaluation_at_scale.py", "test_official_formulas.py"]
 
@@ -91,8 +94,7 @@ def clean_env(folders: dict, **extra) -> dict:
         "LANG": "C.UTF-8",
         "nnUNet_def_n_proc": "2",
         "nnUNet_n_proc_DA": "2",
-        "OMP_WAIT_POLICY": "PASSIVE",
-        **WORKER_THREADS,
+        **THREAD_SETTINGS,
         **folders,
     }
     env.update({k: str(v) for k, v in extra.items()})
@@ -228,8 +230,6 @@ def trained_model(nnunet_folders, preprocessed) -> dict:
 
 @pytest.fixture(scope="session")
 def predictor(trained_model):
-    import torch
-
     from nnunet_missingmod.inference.model import device_from_name, load_predictor
 
     # with nnU-Net's CPU threads, as the commands set them: tests compare its scores with theirs digit for
