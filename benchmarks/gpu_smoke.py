@@ -13,6 +13,12 @@ it measured).
 
     python benchmarks/gpu_smoke.py --work /tmp/smoke --output benchmarks/results/gpu_smoke.json
 
+On the CPU (``--device cpu``) the same script measures nnU-Net's CPU path at the BraTS plan: fp32,
+no compilation, the peak resident memory of training and of prediction instead of the GPU's
+(``--memory_limit_gib`` stops a trainer that would exhaust the machine; ``--no_mirroring`` keeps
+the prediction to one pass per window; ``nnUNet_n_proc_DA=0`` keeps augmentation out of the timed
+steps' cores).
+
 ``--lanes N`` compiles N trainers at once (compilation is CPU work) while every later step and the
 prediction of one trainer at a time hold the GPU alone (a file lock), so that a short GPU lease
 covers every trainer. The CUDA path also runs on the CPU (``--device cpu``,
@@ -27,6 +33,7 @@ import fcntl
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +52,28 @@ TRAINERS = ["MSTKDTrainer", "MAGMSTrainer", "SMMLTrainer", "ModalityDropoutTrain
             "MSTKDFrozenTeacherTrainer", "DedicatedTrainer__T1ce_FLAIR"]
 FROZEN_TEACHER = "MSTKDTeacherTrainer"
 GIB = 2 ** 30
+
+
+def resident_gib(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """A process's resident memory (``VmHWM``: its peak) from /proc, in GiB (0 once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
+    return 0.0
+
+
+def reset_peak_resident() -> bool:
+    """Starts ``VmHWM`` afresh (Linux's clear_refs), so that prediction's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def write_json_atomically(data: dict, path: str) -> None:
@@ -123,7 +152,7 @@ def dynamo_counters() -> dict:
             "recompiles": int(sum(counters["recompiles"].values()))}
 
 
-def run_trainer(name: str, work: str, device: str, iterations: int, warmup: int) -> dict:
+def run_trainer(name: str, work: str, device: str, iterations: int, warmup: int, mirroring: bool) -> dict:
     import torch
     record = {"trainer": name}
     if name == "MSTKDFrozenTeacherTrainer":
@@ -162,6 +191,9 @@ def run_trainer(name: str, work: str, device: str, iterations: int, warmup: int)
         if trainer.grad_scaler is not None:
             scales.append(float(trainer.grad_scaler.get_scale()))
         record["steps_done"] = i + 1
+        if not cuda:  # what a stopped run (budget, memory limit) leaves of a slow CPU run
+            record.update(step_s_all=steps, peak_rss_gib=resident_gib(field="VmHWM"))
+            write_json_atomically(record, os.path.join(work, f"{name}.json"))
     timed = steps[warmup:] or steps[-1:]
     skipped = [i for i in range(1, len(scales)) if scales[i] < scales[i - 1]]  # the scaler halves on inf/NaN
     record.update(
@@ -173,17 +205,19 @@ def run_trainer(name: str, work: str, device: str, iterations: int, warmup: int)
     if cuda:
         record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
         record["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+    else:
+        record["peak_rss_gib"] = resident_gib(field="VmHWM")
     trainer.on_train_end()  # nnU-Net's end of training: checkpoint_final.pth, loaders stopped
     record["checkpoint"] = os.path.join(trainer.output_folder, "checkpoint_final.pth")
     del trainer
     if cuda:
         torch.cuda.empty_cache()
     with gpu_held(work):
-        record["prediction"] = predict_one_case(os.path.dirname(record["checkpoint"]), work, device)
+        record["prediction"] = predict_one_case(os.path.dirname(record["checkpoint"]), work, device, mirroring)
     return record
 
 
-def predict_one_case(fold_folder: str, work: str, device: str) -> dict:
+def predict_one_case(fold_folder: str, work: str, device: str, mirroring: bool) -> dict:
     """nnU-Net's predictor on one full-size case, loaded from the checkpoint the run wrote."""
     import SimpleITK as sitk
     import torch
@@ -194,15 +228,18 @@ def predict_one_case(fold_folder: str, work: str, device: str) -> dict:
     output = os.path.join(work, "predictions", os.path.basename(os.path.dirname(fold_folder)) + ".nii.gz")
     os.makedirs(os.path.dirname(output), exist_ok=True)
     predictor = load_predictor(os.path.dirname(fold_folder), folds=[0], device=torch.device(device),
-                               use_mirroring=True)
+                               use_mirroring=mirroring)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    peak_reset = device == "cuda" or reset_peak_resident()
     start = time.perf_counter()
     predictor.predict_from_files([images], [output], save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)
-    record = {"seconds": time.perf_counter() - start, "mirroring": True}
+    record = {"seconds": time.perf_counter() - start, "mirroring": mirroring}
     if device == "cuda":
         record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+    elif peak_reset:  # this process's peak only: nnU-Net preprocesses and exports in workers of its own
+        record["peak_rss_gib"] = resident_gib(field="VmHWM")
     predicted, reference = sitk.ReadImage(output), sitk.ReadImage(images[0])
     record["shape_matches_input"] = predicted.GetSize() == reference.GetSize()
     record["labels"] = sorted(int(v) for v in np.unique(sitk.GetArrayFromImage(predicted)))
@@ -224,10 +261,15 @@ def environment(device: str) -> dict:
 
 
 def launch(name: str, args, remaining: float) -> subprocess.Popen:
+    with contextlib.suppress(FileNotFoundError):  # an earlier run's record is not this one's
+        os.remove(os.path.join(args.work, f"{name}.json"))
     log = open(os.path.join(args.work, f"{name}.log"), "w")
     command = [sys.executable, os.path.abspath(__file__), "--child", name, "--work", args.work, "--device",
                args.device, "--iterations", str(args.iterations), "--warmup", str(args.warmup)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    if args.no_mirroring:
+        command.append("--no_mirroring")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                               start_new_session=True)  # stopped with its workers (os.killpg)
     process.deadline = time.monotonic() + remaining
     process.trainer = name
     return process
@@ -258,6 +300,9 @@ def main() -> None:
                         help="seconds for the whole run; trainers not started by then are skipped")
     parser.add_argument("--reuse_dataset", action="store_true",
                         help="keep the dataset, plans and preprocessing already in --work (a rerun)")
+    parser.add_argument("--no_mirroring", action="store_true", help="predict without test-time mirroring")
+    parser.add_argument("--memory_limit_gib", type=float,
+                        help="stop a trainer whose process holds more (the CPU path at BraTS size, 24 GB machines)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.work = os.path.abspath(args.work)
@@ -268,7 +313,8 @@ def main() -> None:
 
     if args.child:
         try:
-            record = run_trainer(args.child, args.work, args.device, args.iterations, args.warmup)
+            record = run_trainer(args.child, args.work, args.device, args.iterations, args.warmup,
+                                 not args.no_mirroring)
             record["ok"] = bool(record["losses_finite"] and record["skipped_steps_after_first"] == 0
                                 and record["prediction"]["shape_matches_input"])
         except Exception as error:  # recorded, so that the next trainer still runs
@@ -299,19 +345,26 @@ def main() -> None:
             pending = []
         time.sleep(1)
         for process in list(running):
-            if process.poll() is None and time.monotonic() < process.deadline:
+            resident = resident_gib(process.pid)
+            over_memory = args.memory_limit_gib is not None and resident > args.memory_limit_gib
+            if process.poll() is None and time.monotonic() < process.deadline and not over_memory:
                 continue
-            if process.poll() is None:
-                process.kill()
+            stopped = process.poll() is None
+            if stopped:
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             running.remove(process)
             record = child_result(process.trainer, args.work, process.returncode)
-            if process.returncode not in (0, None) and "error" not in record:
-                record["error"] = f"stopped at the budget after {record.get('steps_done', 0)} steps"
+            if stopped:
+                record["ok"] = False
+                record["error"] = (f"stopped at {resident:.1f} GiB resident, over --memory_limit_gib "
+                                   f"{args.memory_limit_gib}" if over_memory else "stopped at the budget") + \
+                    f", after {record.get('steps_done', 0)} steps"
             results["trainers"][process.trainer] = record
             results["elapsed_s"] = time.monotonic() - start
             write_json_atomically(results, output)
-            summary = {k: record.get(k) for k in ("ok", "error", "compile_s", "step_s", "peak_allocated_gib")}
+            summary = {k: record.get(k) for k in ("ok", "error", "compile_s", "step_s", "peak_allocated_gib",
+                                                  "peak_rss_gib")}
             print(process.trainer, json.dumps(summary), flush=True)
     print(f"written {output} ({time.monotonic() - start:.0f} s)")
 
